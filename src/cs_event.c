@@ -1,0 +1,367 @@
+/*-------------------------------------------------------------------------
+ * cs_event.c
+ *	  Parse and validate one citizen event with json-c.
+ *
+ * Contract (see cs_event.h): never raises, allocates the parsed strings with
+ * palloc in the caller's context and releases every json-c object before
+ * returning.  Validation is strict where a wrong value could corrupt the
+ * cache (types, versions, ids, lengths, encoding) and lenient where the wire
+ * format allows it (unknown fields are ignored, unknown event types are
+ * reported as CS_EVENT_UNKNOWN rather than rejected).
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <json-c/json.h>
+
+#include "cs_event.h"
+#include "cs_guc.h"
+#include "cs_timestamp.h"
+#include "mb/pg_wchar.h"
+#include "utils/elog.h"
+
+static bool
+fail(CsEventError *err, int sqlstate, const char *field, const char *fmt,...)
+pg_attribute_printf(4, 5);
+
+/* Fill *err and return false, so that callers can "return fail(...)". */
+static bool
+fail(CsEventError *err, int sqlstate, const char *field, const char *fmt,...)
+{
+	va_list		ap;
+
+	err->sqlstate = sqlstate;
+	strlcpy(err->field, field ? field : "", sizeof(err->field));
+	va_start(ap, fmt);
+	vsnprintf(err->detail, sizeof(err->detail), fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static const char *
+json_type_label(json_object *obj)
+{
+	return obj == NULL ? "null" : json_type_to_name(json_object_get_type(obj));
+}
+
+/*
+ * Look up key in obj.  Returns the member or NULL when absent or JSON null;
+ * *present tells the two apart when the caller cares.
+ */
+static json_object *
+member(json_object *obj, const char *key, bool *present)
+{
+	json_object *val = NULL;
+	bool		found = json_object_object_get_ex(obj, key, &val);
+
+	if (present)
+		*present = found && val != NULL;
+	return found ? val : NULL;
+}
+
+/*
+ * Copy a JSON string member into palloc'd memory, enforcing a character limit
+ * and rejecting embedded NUL bytes (text cannot hold them).  A missing or null
+ * member yields NULL, or an error when required.
+ */
+static bool
+get_string(json_object *obj, const char *key, const char *path, bool required,
+		   int max_chars, char **out, CsEventError *err)
+{
+	json_object *val = member(obj, key, NULL);
+	const char *s;
+	int			len;
+
+	*out = NULL;
+	if (val == NULL)
+	{
+		if (required)
+			return fail(err, ERRCODE_NULL_VALUE_NOT_ALLOWED, path,
+						"Field \"%s\" is required.", path);
+		return true;
+	}
+	if (!json_object_is_type(val, json_type_string))
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" must be a string, not %s.", path,
+					json_type_label(val));
+	s = json_object_get_string(val);
+	len = json_object_get_string_len(val);
+	if ((int) strlen(s) != len)
+		return fail(err, ERRCODE_UNTRANSLATABLE_CHARACTER, path,
+					"Field \"%s\" contains a NUL character.", path);
+	if (required && len == 0)
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" must not be empty.", path);
+	if (pg_mbstrlen_with_len(s, len) > max_chars)
+		return fail(err, ERRCODE_STRING_DATA_RIGHT_TRUNCATION, path,
+					"Field \"%s\" is longer than %d characters.", path, max_chars);
+	*out = pnstrdup(s, len);
+	return true;
+}
+
+/* Read a required JSON integer member >= min_value into *out. */
+static bool
+get_int64(json_object *obj, const char *key, const char *path, int64 min_value,
+		  int64 *out, CsEventError *err)
+{
+	json_object *val = member(obj, key, NULL);
+	int64		v;
+
+	if (val == NULL)
+		return fail(err, ERRCODE_NULL_VALUE_NOT_ALLOWED, path,
+					"Field \"%s\" is required.", path);
+	if (!json_object_is_type(val, json_type_int))
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" must be an integer, not %s.", path,
+					json_type_label(val));
+	errno = 0;
+	v = json_object_get_int64(val);
+	if (v == PG_INT64_MAX || v == PG_INT64_MIN || errno == ERANGE)
+		return fail(err, ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, path,
+					"Field \"%s\" is out of range.", path);
+	if (v < min_value)
+		return fail(err, ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, path,
+					"Field \"%s\" must be at least " INT64_FORMAT ", got " INT64_FORMAT ".",
+					path, min_value, v);
+	*out = v;
+	return true;
+}
+
+/* Read an optional JSON boolean member (absent or null: false). */
+static bool
+get_bool(json_object *obj, const char *key, const char *path, bool *out,
+		 CsEventError *err)
+{
+	json_object *val = member(obj, key, NULL);
+
+	*out = false;
+	if (val == NULL)
+		return true;
+	if (!json_object_is_type(val, json_type_boolean))
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" must be a boolean, not %s.", path,
+					json_type_label(val));
+	*out = json_object_get_boolean(val);
+	return true;
+}
+
+/* Read a required JSON object member. */
+static bool
+get_object(json_object *obj, const char *key, const char *path,
+		   json_object **out, CsEventError *err)
+{
+	json_object *val = member(obj, key, NULL);
+
+	*out = val;
+	if (val == NULL)
+		return fail(err, ERRCODE_NULL_VALUE_NOT_ALLOWED, path,
+					"Field \"%s\" is required.", path);
+	if (!json_object_is_type(val, json_type_object))
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" must be an object, not %s.", path,
+					json_type_label(val));
+	return true;
+}
+
+static CsEventType
+event_type_from_name(const char *name)
+{
+	if (strcmp(name, "citizen.created") == 0)
+		return CS_EVENT_CREATED;
+	if (strcmp(name, "citizen.updated") == 0)
+		return CS_EVENT_UPDATED;
+	if (strcmp(name, "citizen.deleted") == 0)
+		return CS_EVENT_DELETED;
+	return CS_EVENT_UNKNOWN;
+}
+
+/* The header: event_type, event_id, event_version, event_timestamp. */
+static bool
+parse_header(json_object *root, CsEvent *ev, CsEventError *err)
+{
+	char	   *ts = NULL;
+
+	if (!get_string(root, "event_type", "event_type", true, 200,
+					&ev->type_name, err))
+		return false;
+	ev->type = event_type_from_name(ev->type_name);
+	if (!get_string(root, "event_id", "event_id", true, CS_MAX_EVENT_ID_CHARS,
+					&ev->event_id, err))
+		return false;
+	if (ev->type == CS_EVENT_UNKNOWN)
+		return true;			/* nothing more is required of it */
+	if (!get_int64(root, "event_version", "event_version", 1, &ev->version, err))
+		return false;
+	if (!get_string(root, "event_timestamp", "event_timestamp", false, 64, &ts, err))
+		return false;
+	if (ts != NULL)
+	{
+		if (!cs_parse_iso8601(ts, &ev->timestamp))
+			return fail(err, ERRCODE_INVALID_DATETIME_FORMAT, "event_timestamp",
+						"Field \"event_timestamp\" must be an ISO 8601 timestamp such as \"2026-11-25T10:15:00.123Z\".");
+		ev->has_timestamp = true;
+	}
+	return true;
+}
+
+/* The snapshot's fields, checked against data.citizen_id. */
+static bool
+parse_snapshot(json_object *snap, CsEvent *ev, CsEventError *err)
+{
+	int64		snap_id;
+	bool		ok;
+
+	if (!get_int64(snap, "id", "data.snapshot.id", 1, &snap_id, err))
+		return false;
+	if (snap_id != ev->citizen_id)
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, "data.snapshot.id",
+					"Field \"data.snapshot.id\" (" INT64_FORMAT ") does not match \"data.citizen_id\" (" INT64_FORMAT ").",
+					snap_id, ev->citizen_id);
+	ok = get_string(snap, "name", "data.snapshot.name", true, CS_MAX_NAME_CHARS, &ev->name, err) &&
+		get_string(snap, "email", "data.snapshot.email", true, CS_MAX_EMAIL_CHARS, &ev->email, err) &&
+		get_string(snap, "phone", "data.snapshot.phone", false, CS_MAX_PHONE_CHARS, &ev->phone, err) &&
+		get_string(snap, "address", "data.snapshot.address", false, CS_MAX_ADDRESS_CHARS, &ev->address, err) &&
+		get_string(snap, "city", "data.snapshot.city", false, CS_MAX_CITY_CHARS, &ev->city, err) &&
+		get_string(snap, "postal_code", "data.snapshot.postal_code", false, CS_MAX_POSTAL_CHARS, &ev->postal_code, err) &&
+		get_bool(snap, "email_verified", "data.snapshot.email_verified", &ev->email_verified, err) &&
+		get_bool(snap, "identity_verified", "data.snapshot.identity_verified", &ev->identity_verified, err);
+	if (ok)
+		ev->has_snapshot = true;
+	return ok;
+}
+
+/* data.citizen_id and, for created/updated, data.snapshot. */
+static bool
+parse_data(json_object *root, CsEvent *ev, CsEventError *err)
+{
+	json_object *data;
+	json_object *snap;
+	bool		present;
+
+	if (!get_object(root, "data", "data", &data, err))
+		return false;
+	if (!get_int64(data, "citizen_id", "data.citizen_id", 1, &ev->citizen_id, err))
+		return false;
+	snap = member(data, "snapshot", &present);
+	if (ev->type == CS_EVENT_DELETED && !present)
+		return true;			/* a delete may omit the snapshot */
+	if (!get_object(data, "snapshot", "data.snapshot", &snap, err))
+		return false;
+	if (ev->type == CS_EVENT_DELETED)
+	{
+		int64		snap_id;
+
+		/* Only the id of a delete's snapshot matters; it must agree. */
+		if (member(snap, "id", NULL) == NULL)
+			return true;
+		if (!get_int64(snap, "id", "data.snapshot.id", 1, &snap_id, err))
+			return false;
+		if (snap_id != ev->citizen_id)
+			return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, "data.snapshot.id",
+						"Field \"data.snapshot.id\" (" INT64_FORMAT ") does not match \"data.citizen_id\" (" INT64_FORMAT ").",
+						snap_id, ev->citizen_id);
+		return true;
+	}
+	return parse_snapshot(snap, ev, err);
+}
+
+/* Tokenize raw bytes into a JSON object, or explain why not. */
+static json_object *
+tokenize(const char *raw, size_t len, CsEventError *err)
+{
+	json_tokener *tok;
+	json_object *root;
+	enum json_tokener_error jerr;
+
+	tok = json_tokener_new_ex(CS_MAX_EVENT_DEPTH);
+	if (tok == NULL)
+	{
+		fail(err, ERRCODE_OUT_OF_MEMORY, NULL, "Could not allocate a JSON parser.");
+		return NULL;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	root = json_tokener_parse_ex(tok, raw, (int) len);
+	jerr = json_tokener_get_error(tok);
+	if (root != NULL && jerr == json_tokener_success &&
+		json_tokener_get_parse_end(tok) < len)
+	{
+		json_object_put(root);
+		root = NULL;
+		fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
+			 "Unexpected data after the JSON value at byte %zu.",
+			 json_tokener_get_parse_end(tok));
+	}
+	else if (root == NULL || jerr != json_tokener_success)
+	{
+		if (root)
+			json_object_put(root);
+		root = NULL;
+		if (jerr == json_tokener_error_depth)
+			fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, NULL,
+				 "The event is nested deeper than %d levels.", CS_MAX_EVENT_DEPTH);
+		else
+			fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
+				 "The event is not valid JSON: %s.",
+				 jerr == json_tokener_continue ? "unexpected end of input"
+				 : json_tokener_error_desc(jerr));
+	}
+	json_tokener_free(tok);
+	return root;
+}
+
+bool
+cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
+{
+	json_object *root;
+	bool		ok;
+
+	memset(ev, 0, sizeof(*ev));
+	memset(err, 0, sizeof(*err));
+	if (len > (size_t) cs_max_event_bytes)
+		return fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, NULL,
+					"The event is %zu bytes, more than citizen_sync.max_event_size (%d bytes).",
+					len, cs_max_event_bytes);
+	if (pg_encoding_verifymbstr(PG_UTF8, raw, (int) len) != (int) len)
+		return fail(err, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, NULL,
+					"The event is not valid UTF-8 (or contains a NUL byte).");
+	root = tokenize(raw, len, err);
+	if (root == NULL)
+		return false;
+	if (!json_object_is_type(root, json_type_object))
+		ok = fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
+				  "The event must be a JSON object, not %s.", json_type_label(root));
+	else
+		ok = parse_header(root, ev, err) &&
+			(ev->type == CS_EVENT_UNKNOWN || parse_data(root, ev, err));
+	json_object_put(root);
+	return ok;
+}
+
+void
+cs_event_report(const CsEventError *err, int pos)
+{
+	ereport(ERROR,
+			(errcode(err->sqlstate),
+			 pos >= 0 ? errmsg("invalid citizen event at position %d", pos + 1)
+			 : errmsg("invalid citizen event"),
+			 errdetail("%s", err->detail),
+			 err->field[0] ? errhint("Check the field \"%s\" of the event against the wire format in the citizen_sync documentation.", err->field)
+			 : errhint("An event is one JSON object in UTF-8, as described in the citizen_sync documentation.")));
+	pg_unreachable();
+}
+
+const char *
+cs_event_type_name(CsEventType type)
+{
+	switch (type)
+	{
+		case CS_EVENT_CREATED:
+			return "citizen.created";
+		case CS_EVENT_UPDATED:
+			return "citizen.updated";
+		case CS_EVENT_DELETED:
+			return "citizen.deleted";
+		default:
+			return "unknown";
+	}
+}

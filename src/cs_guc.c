@@ -1,0 +1,189 @@
+/*-------------------------------------------------------------------------
+ * cs_guc.c
+ *	  Definition and checking of the citizen_sync.* parameters.
+ *
+ * Settings the workers read are PGC_SIGHUP: the launcher reacts to a reload.
+ * citizen_sync.kafka_properties may hold secrets and is GUC_SUPERUSER_ONLY
+ * (hidden from SHOW and pg_settings for everyone else).
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "cs_config.h"
+#include "cs_guc.h"
+#include "cs_kafka_conf.h"
+#include "utils/guc.h"
+
+char	   *cs_brokers = NULL;
+char	   *cs_databases = NULL;
+char	   *cs_topics = NULL;
+char	   *cs_group_id = NULL;
+char	   *cs_outbox_database = NULL;
+char	   *cs_topic_prefix = NULL;
+char	   *cs_kafka_properties = NULL;
+int			cs_max_event_bytes = 65536;
+int			cs_batch_size = 1000;
+int			cs_batch_wait_ms = 10;
+int			cs_restart_delay_s = 5;
+int			cs_publisher_batch_size = 1000;
+int			cs_publisher_sweep_ms = 1000;
+int			cs_outbox_retention_s = 7 * 24 * 3600;
+
+static bool
+check_databases(char **newval, void **extra, GucSource source)
+{
+	CsDatabaseEntry entries[CS_MAX_DATABASES];
+	char		errbuf[256];
+
+	if (cs_parse_databases(*newval, entries, errbuf, sizeof(errbuf)) < 0)
+	{
+		GUC_check_errdetail("%s", errbuf);
+		GUC_check_errhint("List the service databases as database[:role], separated by commas, e.g. 'permits_db:permits_sync_user'.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_topics(char **newval, void **extra, GucSource source)
+{
+	char		topics[CS_MAX_TOPICS][250];
+	char		errbuf[256];
+	int			n = cs_parse_topics(*newval, topics, CS_MAX_TOPICS, errbuf, sizeof(errbuf));
+
+	if (n <= 0)
+	{
+		GUC_check_errdetail("%s", n == 0 ? "No topic is listed." : errbuf);
+		GUC_check_errhint("List Kafka topics separated by commas, e.g. 'gov.auth.citizen'.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_topic_prefix(char **newval, void **extra, GucSource source)
+{
+	char		topics[1][250];
+	char		errbuf[256];
+
+	if (**newval != '\0' &&
+		cs_parse_topics(*newval, topics, 1, errbuf, sizeof(errbuf)) != 1)
+	{
+		GUC_check_errdetail("%s", errbuf);
+		GUC_check_errhint("Use letters, digits, '.', '_' and '-' only, e.g. 'gov.auth.'.");
+		return false;
+	}
+	return true;
+}
+
+/* Validate the properties against librdkafka itself, without logging values. */
+static bool
+check_kafka_properties(char **newval, void **extra, GucSource source)
+{
+	rd_kafka_conf_t *conf;
+	char		errbuf[512];
+	bool		ok;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	conf = rd_kafka_conf_new();
+	ok = cs_kafka_conf_apply_properties(conf, *newval, errbuf, sizeof(errbuf));
+	rd_kafka_conf_destroy(conf);
+	if (!ok)
+	{
+		GUC_check_errdetail("%s", errbuf);
+		GUC_check_errhint("Write librdkafka properties as key=value pairs separated by semicolons, e.g. 'security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512'.");
+	}
+	return ok;
+}
+
+static bool
+check_group_id(char **newval, void **extra, GucSource source)
+{
+	if (strlen(*newval) > 200)
+	{
+		GUC_check_errdetail("The group id is longer than 200 characters.");
+		return false;
+	}
+	return true;
+}
+
+/* Kafka connection and consumer settings. */
+static void
+define_kafka_gucs(void)
+{
+	DefineCustomStringVariable("citizen_sync.brokers",
+							   "Kafka bootstrap servers (host:port, comma-separated); empty disables the workers.",
+							   NULL, &cs_brokers, "", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.databases",
+							   "Databases whose cache a consumer keeps, as database[:role] separated by commas.",
+							   "The consumer of each database applies events as the given role (the service's sync user).",
+							   &cs_databases, "", PGC_SIGHUP, 0,
+							   check_databases, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.topics",
+							   "Kafka topics the consumers read, comma-separated.",
+							   NULL, &cs_topics, "gov.auth.citizen", PGC_SIGHUP, 0,
+							   check_topics, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.group_id",
+							   "Kafka consumer group; empty means \"<database>-citizen-sync\". %d stands for the database name.",
+							   NULL, &cs_group_id, "", PGC_SIGHUP, 0,
+							   check_group_id, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.kafka_properties",
+							   "Extra librdkafka properties (key=value;key=value), e.g. SASL/SSL settings.",
+							   "Visible to superusers only.",
+							   &cs_kafka_properties, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_kafka_properties, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.batch_size",
+							"Most events a consumer applies in one transaction.",
+							NULL, &cs_batch_size, 1000, 1, 100000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.batch_wait",
+							"Longest time a consumer waits to fill a batch once it holds one event.",
+							NULL, &cs_batch_wait_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.restart_delay",
+							"Longest delay before the launcher restarts a failed worker (backoff doubles up to it).",
+							NULL, &cs_restart_delay_s, 5, 1, 3600, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+/* Outbox publisher settings. */
+static void
+define_publisher_gucs(void)
+{
+	DefineCustomStringVariable("citizen_sync.outbox_database",
+							   "Database whose citizen_sync.outbox the publisher relays to Kafka; empty = no publisher.",
+							   NULL, &cs_outbox_database, "", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.topic_prefix",
+							   "Prefix of the topic an outbox row is published to (prefix || aggregate_type).",
+							   NULL, &cs_topic_prefix, "gov.auth.", PGC_SIGHUP, 0,
+							   check_topic_prefix, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.publisher_batch_size",
+							"Most outbox rows the publisher sends per round.",
+							NULL, &cs_publisher_batch_size, 1000, 1, 100000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.publisher_sweep_interval",
+							"Interval of the publisher's safety-net sweep of the outbox.",
+							NULL, &cs_publisher_sweep_ms, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.outbox_retention",
+							"How long published outbox rows are kept before removal.",
+							NULL, &cs_outbox_retention_s, 7 * 24 * 3600, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+void
+cs_guc_define(void)
+{
+	DefineCustomIntVariable("citizen_sync.max_event_size",
+							"Largest event accepted; larger ones are rejected (dead-lettered by the consumer).",
+							NULL, &cs_max_event_bytes, 65536, 1024, 64 * 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	define_kafka_gucs();
+	define_publisher_gucs();
+	MarkGUCPrefixReserved("citizen_sync");
+}

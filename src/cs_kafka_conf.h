@@ -1,0 +1,34 @@
+/*-------------------------------------------------------------------------
+ * cs_kafka_conf.h
+ *	  librdkafka configuration built from the citizen_sync.* settings.
+ *
+ * citizen_sync.kafka_properties holds "key=value" pairs separated by ';'
+ * (SASL/SSL settings and the like).  Its values may be secrets: nothing here
+ * logs them, and error messages name only the key.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CS_KAFKA_CONF_H
+#define CS_KAFKA_CONF_H
+
+#include <librdkafka/rdkafka.h>
+
+/*
+ * Apply the "key=value;key=value" list to conf.  Returns true, or false with
+ * a sentence naming the offending key in errbuf.  Never raises; usable in a
+ * GUC check hook.
+ */
+extern bool cs_kafka_conf_apply_properties(rd_kafka_conf_t *conf,
+										   const char *properties,
+										   char *errbuf, size_t errlen);
+
+/*
+ * A new configuration with brokers, citizen_sync.kafka_properties and the
+ * given client.id applied; ereports ERROR with a hint on a bad setting.
+ */
+extern rd_kafka_conf_t *cs_kafka_conf_new(const char *client_id);
+
+/* Set one property or ereport ERROR naming the key. */
+extern void cs_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,
+							  const char *value);
+
+#endif							/* CS_KAFKA_CONF_H */

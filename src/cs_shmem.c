@@ -1,0 +1,129 @@
+/*-------------------------------------------------------------------------
+ * cs_shmem.c
+ *	  Shared memory of citizen_sync: worker slots, counters, publisher latch.
+ *
+ * Requested through shmem_request_hook (PostgreSQL 15), initialised once by
+ * whoever attaches first under AddinShmemInitLock.  See cs_shmem.h for the
+ * locking rules.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "cs_shmem.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+CsShared   *cs_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static CsWorkerSlot *my_slot = NULL;
+
+static void
+cs_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CsShared)));
+	RequestNamedLWLockTranche("citizen_sync", 1);
+}
+
+static void
+cs_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cs_shared = ShmemInitStruct("citizen_sync", sizeof(CsShared), &found);
+	if (!found)
+	{
+		memset(cs_shared, 0, sizeof(CsShared));
+		cs_shared->lock = &(GetNamedLWLockTranche("citizen_sync"))->lock;
+		cs_shared->publisher_pgprocno = -1;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+cs_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = cs_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = cs_shmem_startup;
+}
+
+/* on_shmem_exit callback: give the slot back. */
+static void
+release_slot(int code, Datum arg)
+{
+	if (my_slot == NULL)
+		return;
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	if (my_slot->kind == CS_WORKER_PUBLISHER &&
+		cs_shared->publisher_pid == MyProcPid)
+	{
+		cs_shared->publisher_pid = 0;
+		cs_shared->publisher_pgprocno = -1;
+	}
+	memset(my_slot, 0, sizeof(CsWorkerSlot));
+	LWLockRelease(cs_shared->lock);
+	my_slot = NULL;
+}
+
+CsWorkerSlot *
+cs_shmem_claim_slot(CsWorkerKind kind, const char *database, const char *role)
+{
+	CsWorkerSlot *slot = NULL;
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		if (cs_shared->slots[i].kind != CS_WORKER_NONE)
+			continue;
+		slot = &cs_shared->slots[i];
+		memset(slot, 0, sizeof(*slot));
+		slot->kind = kind;
+		slot->pid = MyProcPid;
+		slot->pgprocno = MyProc->pgprocno;
+		strlcpy(slot->database, database ? database : "", NAMEDATALEN);
+		strlcpy(slot->role, role ? role : "", NAMEDATALEN);
+		strlcpy(slot->state, "starting", sizeof(slot->state));
+		slot->started_at = GetCurrentTimestamp();
+		if (kind == CS_WORKER_PUBLISHER)
+		{
+			cs_shared->publisher_pid = MyProcPid;
+			cs_shared->publisher_pgprocno = MyProc->pgprocno;
+		}
+		break;
+	}
+	LWLockRelease(cs_shared->lock);
+	if (slot)
+	{
+		my_slot = slot;
+		on_shmem_exit(release_slot, (Datum) 0);
+	}
+	return slot;
+}
+
+void
+cs_shmem_set_state(CsWorkerSlot *slot, const char *state)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->state, state, sizeof(slot->state));
+	LWLockRelease(cs_shared->lock);
+}
+
+void
+cs_shmem_set_error(CsWorkerSlot *slot, const char *message)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->last_error, message, sizeof(slot->last_error));
+	slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(cs_shared->lock);
+}

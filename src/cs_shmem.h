@@ -1,0 +1,92 @@
+/*-------------------------------------------------------------------------
+ * cs_shmem.h
+ *	  Shared state of the citizen_sync workers: one slot per worker.
+ *
+ * Locking: CsShared->lock (a named LWLock tranche "citizen_sync") protects
+ * slot allocation and the text fields of slots.  Counters in a slot are
+ * written only by the worker owning it, under the lock in shared mode is not
+ * required: readers take the lock in shared mode and accept a torn read of
+ * an in-flight batch's counters as at most one batch stale.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CS_SHMEM_H
+#define CS_SHMEM_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "storage/lwlock.h"
+#include "cs_apply.h"
+
+#define CS_MAX_WORKERS		40
+#define CS_MAX_PARTITIONS	64
+#define CS_TOPIC_LEN		250
+
+typedef enum CsWorkerKind
+{
+	CS_WORKER_NONE = 0,
+	CS_WORKER_LAUNCHER,
+	CS_WORKER_CONSUMER,
+	CS_WORKER_PUBLISHER
+} CsWorkerKind;
+
+/* One assigned partition of a consumer, with its position and lag. */
+typedef struct CsPartitionState
+{
+	char		topic[CS_TOPIC_LEN];
+	int32		partition;
+	int64		next_offset;	/* next offset to apply (stored in the DB) */
+	int64		high_watermark; /* last known end of the partition, -1 unknown */
+} CsPartitionState;
+
+typedef struct CsWorkerSlot
+{
+	CsWorkerKind kind;
+	pid_t		pid;
+	int			pgprocno;		/* for waking the worker through its latch */
+	char		database[NAMEDATALEN];
+	char		role[NAMEDATALEN];
+	char		group_id[256];
+	char		state[32];		/* starting, running, waiting, error, ... */
+	TimestampTz started_at;
+	/* outcome counters, indexed by CsApplyResult */
+	int64		results[CS_RESULT_COUNT];
+	int64		dead_lettered;
+	int64		batches;
+	int64		published;		/* publisher: acknowledged messages */
+	int64		publish_failures;
+	TimestampTz last_batch_at;
+	double		last_batch_ms;
+	char		last_error[512];
+	TimestampTz last_error_at;
+	int			npartitions;
+	CsPartitionState partitions[CS_MAX_PARTITIONS];
+} CsWorkerSlot;
+
+typedef struct CsShared
+{
+	LWLock	   *lock;
+	int			publisher_pgprocno; /* -1 when no publisher runs */
+	pid_t		publisher_pid;
+	CsWorkerSlot slots[CS_MAX_WORKERS];
+} CsShared;
+
+extern CsShared *cs_shared;
+
+/* Install the shmem request and startup hooks (from _PG_init). */
+extern void cs_shmem_init(void);
+
+/*
+ * Claim a free slot for the calling process (kind, database, role), or
+ * return NULL when all are taken.  The slot is released at process exit.
+ */
+extern CsWorkerSlot *cs_shmem_claim_slot(CsWorkerKind kind, const char *database,
+										 const char *role);
+
+/* Set the slot's state word (under the lock). */
+extern void cs_shmem_set_state(CsWorkerSlot *slot, const char *state);
+
+/* Record an error sentence and its time in the slot (under the lock). */
+extern void cs_shmem_set_error(CsWorkerSlot *slot, const char *message);
+
+#endif							/* CS_SHMEM_H */

@@ -384,3 +384,47 @@ REVOKE ALL ON FUNCTION @extschema@.uncapture(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.create_service_roles(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.capture_row() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.notify_publisher() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Worker statistics (from shared memory)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.worker_stats_raw(
+    OUT kind text, OUT database text, OUT role text, OUT group_id text,
+    OUT pid int, OUT state text, OUT started_at timestamptz,
+    OUT partitions int, OUT applied bigint, OUT deleted bigint, OUT stale bigint,
+    OUT duplicate bigint, OUT ignored bigint, OUT dead_lettered bigint,
+    OUT batches bigint, OUT last_batch_at timestamptz, OUT lag bigint,
+    OUT published bigint, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS SETOF record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'citizen_sync_worker_stats';
+
+CREATE FUNCTION @extschema@.partition_stats_raw(
+    OUT database text, OUT group_id text, OUT topic text, OUT partition int,
+    OUT next_offset bigint, OUT high_watermark bigint, OUT lag bigint)
+RETURNS SETOF record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'citizen_sync_partition_stats';
+
+-- Every worker of this instance (all databases), with its counters and last error.
+CREATE VIEW @extschema@.worker_stats AS
+    SELECT * FROM @extschema@.worker_stats_raw();
+
+-- Consumers only, with the columns a DBA looks at first.
+CREATE VIEW @extschema@.consumer_stats AS
+    SELECT database, role, group_id, pid, state, partitions, applied, deleted,
+           stale, duplicate, ignored, dead_lettered, batches, last_batch_at, lag,
+           last_error, last_error_at
+      FROM @extschema@.worker_stats_raw()
+     WHERE kind = 'consumer';
+
+-- Lag per assigned partition: high watermark minus the next offset to apply.
+CREATE VIEW @extschema@.consumer_lag AS
+    SELECT * FROM @extschema@.partition_stats_raw();
+
+REVOKE ALL ON FUNCTION @extschema@.worker_stats_raw() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.partition_stats_raw() FROM PUBLIC;
+REVOKE ALL ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag FROM PUBLIC;
+GRANT SELECT ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag TO pg_monitor;
+GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor;

@@ -13,10 +13,28 @@
 #include "cs_shmem.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
+
+/* Register the launcher, which starts and supervises the other workers. */
+static void
+register_launcher(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 5;
+	strlcpy(bgw.bgw_library_name, "citizen_sync", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "cs_launcher_main", BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, "citizen_sync launcher", BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, "citizen_sync launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
+}
 
 void
 _PG_init(void)
@@ -28,4 +46,6 @@ _PG_init(void)
 				 errhint("Add citizen_sync to shared_preload_libraries in postgresql.conf and restart the server.")));
 	cs_guc_define();
 	cs_shmem_init();
+	if (!IsBinaryUpgrade)
+		register_launcher();
 }

@@ -147,8 +147,23 @@ cs_parse_topics(const char *value, char topics[][250], int max,
 void
 cs_group_for_database(const char *database, char *out, size_t outlen)
 {
-	if (cs_group_id != NULL && cs_group_id[0] != '\0')
-		strlcpy(out, cs_group_id, outlen);
-	else
+	size_t		len = 0;
+
+	if (cs_group_id == NULL || cs_group_id[0] == '\0')
+	{
 		snprintf(out, outlen, "%s-citizen-sync", database);
+		return;
+	}
+	for (const char *p = cs_group_id; *p && len + 1 < outlen; p++)
+	{
+		if (p[0] == '%' && p[1] == 'd')
+		{
+			len += strlcpy(out + len, database, outlen - len);
+			len = Min(len, outlen - 1);
+			p++;
+		}
+		else
+			out[len++] = *p;
+	}
+	out[len] = '\0';
 }

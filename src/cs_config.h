@@ -35,7 +35,10 @@ extern int	cs_parse_databases(const char *value, CsDatabaseEntry *entries,
 extern int	cs_parse_topics(const char *value, char topics[][250], int max,
 							char *errbuf, size_t errlen);
 
-/* The consumer group for a database: citizen_sync.group_id or "<db>-citizen-sync". */
+/*
+ * The consumer group for a database: citizen_sync.group_id with %d replaced
+ * by the database name, or "<database>-citizen-sync" when it is empty.
+ */
 extern void cs_group_for_database(const char *database, char *out, size_t outlen);
 
 #endif							/* CS_CONFIG_H */

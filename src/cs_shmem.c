@@ -58,9 +58,9 @@ cs_shmem_init(void)
 	shmem_startup_hook = cs_shmem_startup;
 }
 
-/* on_shmem_exit callback: give the slot back. */
+/* on_shmem_exit callback: detach from the slot, leaving its history. */
 static void
-release_slot(int code, Datum arg)
+detach_slot(int code, Datum arg)
 {
 	if (my_slot == NULL)
 		return;
@@ -71,43 +71,64 @@ release_slot(int code, Datum arg)
 		cs_shared->publisher_pid = 0;
 		cs_shared->publisher_pgprocno = -1;
 	}
-	memset(my_slot, 0, sizeof(CsWorkerSlot));
+	if (my_slot->pid == MyProcPid)
+	{
+		my_slot->pid = 0;
+		my_slot->pgprocno = -1;
+		my_slot->npartitions = 0;
+		strlcpy(my_slot->state, code == 0 ? "stopped" : "failed", sizeof(my_slot->state));
+	}
 	LWLockRelease(cs_shared->lock);
 	my_slot = NULL;
 }
 
-CsWorkerSlot *
-cs_shmem_claim_slot(CsWorkerKind kind, const char *database, const char *role)
+void
+cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
+						const char *role, const char *group_id)
 {
-	CsWorkerSlot *slot = NULL;
+	CsWorkerSlot *slot = &cs_shared->slots[i];
 
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	if (slot->kind != kind || strcmp(slot->database, database) != 0 ||
+		strcmp(slot->role, role) != 0 || strcmp(slot->group_id, group_id) != 0)
 	{
-		if (cs_shared->slots[i].kind != CS_WORKER_NONE)
-			continue;
-		slot = &cs_shared->slots[i];
 		memset(slot, 0, sizeof(*slot));
 		slot->kind = kind;
-		slot->pid = MyProcPid;
-		slot->pgprocno = MyProc->pgprocno;
-		strlcpy(slot->database, database ? database : "", NAMEDATALEN);
-		strlcpy(slot->role, role ? role : "", NAMEDATALEN);
+		slot->pgprocno = -1;
+		strlcpy(slot->database, database, NAMEDATALEN);
+		strlcpy(slot->role, role, NAMEDATALEN);
+		strlcpy(slot->group_id, group_id, sizeof(slot->group_id));
 		strlcpy(slot->state, "starting", sizeof(slot->state));
-		slot->started_at = GetCurrentTimestamp();
-		if (kind == CS_WORKER_PUBLISHER)
-		{
-			cs_shared->publisher_pid = MyProcPid;
-			cs_shared->publisher_pgprocno = MyProc->pgprocno;
-		}
-		break;
 	}
 	LWLockRelease(cs_shared->lock);
-	if (slot)
+}
+
+void
+cs_shmem_clear_slot(int i)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	memset(&cs_shared->slots[i], 0, sizeof(CsWorkerSlot));
+	LWLockRelease(cs_shared->lock);
+}
+
+CsWorkerSlot *
+cs_shmem_attach(int i)
+{
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->pgprocno = MyProc->pgprocno;
+	slot->started_at = GetCurrentTimestamp();
+	strlcpy(slot->state, "starting", sizeof(slot->state));
+	if (slot->kind == CS_WORKER_PUBLISHER)
 	{
-		my_slot = slot;
-		on_shmem_exit(release_slot, (Datum) 0);
+		cs_shared->publisher_pid = MyProcPid;
+		cs_shared->publisher_pgprocno = MyProc->pgprocno;
 	}
+	LWLockRelease(cs_shared->lock);
+	my_slot = slot;
+	on_shmem_exit(detach_slot, (Datum) 0);
 	return slot;
 }
 

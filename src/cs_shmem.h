@@ -17,8 +17,9 @@
 #include "datatype/timestamp.h"
 #include "storage/lwlock.h"
 #include "cs_apply.h"
+#include "cs_config.h"
 
-#define CS_MAX_WORKERS		40
+#define CS_MAX_WORKERS		(CS_MAX_DATABASES + 1)
 #define CS_MAX_PARTITIONS	64
 #define CS_TOPIC_LEN		250
 
@@ -77,11 +78,22 @@ extern CsShared *cs_shared;
 extern void cs_shmem_init(void);
 
 /*
- * Claim a free slot for the calling process (kind, database, role), or
- * return NULL when all are taken.  The slot is released at process exit.
+ * Slots are owned by the launcher: slot i < CS_MAX_DATABASES serves entry i
+ * of citizen_sync.databases, slot CS_PUBLISHER_SLOT the publisher.  The
+ * launcher configures a slot before starting its worker and keeps it (with
+ * the last error) while the worker is down; the worker attaches to it.
  */
-extern CsWorkerSlot *cs_shmem_claim_slot(CsWorkerKind kind, const char *database,
-										 const char *role);
+#define CS_PUBLISHER_SLOT	CS_MAX_DATABASES
+
+/* Launcher: (re)describe slot i; counters are reset when the target changes. */
+extern void cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
+									const char *role, const char *group_id);
+
+/* Launcher: mark slot i unused. */
+extern void cs_shmem_clear_slot(int i);
+
+/* Worker: attach to slot i for the life of the process; returns the slot. */
+extern CsWorkerSlot *cs_shmem_attach(int i);
 
 /* Set the slot's state word (under the lock). */
 extern void cs_shmem_set_state(CsWorkerSlot *slot, const char *state);

@@ -691,7 +691,7 @@ static void run_command(struct broker *b, char *line)
 static int reader_drain(struct line_reader *r, struct broker *b)
 {
     ssize_t n = read(r->fd, r->buf + r->len, sizeof(r->buf) - r->len);
-    char   *start, *nl;
+    char   *start, *nl, *end;
 
     if (n < 0) {
         if (errno == EINTR || errno == EAGAIN)
@@ -703,7 +703,8 @@ static int reader_drain(struct line_reader *r, struct broker *b)
         return 1;
     r->len += (size_t)n;
     start = r->buf;
-    while (!b->quit && (nl = memchr(start, '\n', r->len - (size_t)(start - r->buf)))) {
+    end = r->buf + r->len;
+    while (!b->quit && (nl = memchr(start, '\n', (size_t)(end - start)))) {
         *nl = '\0';
         if (r->overlong)
             r->overlong = 0; /* tail of a line already answered */
@@ -808,37 +809,50 @@ static int serve(struct broker *b, int use_stdin, int ctl_fd, int sig_fd)
     return 0;
 }
 
-int main(int argc, char **argv)
+/*
+ * Starts the cluster, announces it, serves commands until told to stop.
+ * Returns the exit status: 0 on a normal stop, 1 on failure.
+ */
+static int run(const struct options *opts)
 {
-    struct options opts;
-    struct broker  b;
-    int            sig_fd, ctl_fd = -1, rc;
+    struct broker b;
+    int           sig_fd, ctl_fd = -1, rc;
 
-    rc = parse_options(argc, argv, &opts);
-    if (rc != 0)
-        return rc > 0 ? 0 : 2;
     sig_fd = make_signal_fd();
     if (sig_fd < 0) {
         warnmsg("signalfd: %s", strerror(errno));
         return 1;
     }
-    if (opts.control_path) {
-        ctl_fd = open_control_fifo(opts.control_path);
-        if (ctl_fd < 0)
+    if (opts->control_path) {
+        ctl_fd = open_control_fifo(opts->control_path);
+        if (ctl_fd < 0) {
+            close(sig_fd);
             return 1;
+        }
     }
-    if (broker_start(&b, &opts) != 0) {
-        broker_stop(&b);
-        return 1;
+    rc = broker_start(&b, opts);
+    if (rc == 0) {
+        reply("BOOTSTRAP %s", b.bootstraps);
+        reply("READY");
+        rc = serve(&b, opts->use_stdin, ctl_fd, sig_fd);
     }
-    reply("BOOTSTRAP %s", b.bootstraps);
-    reply("READY");
-
-    rc = serve(&b, opts.use_stdin, ctl_fd, sig_fd);
-
     broker_stop(&b);
     if (ctl_fd >= 0)
         close(ctl_fd);
-    free(opts.topics);
+    close(sig_fd);
     return rc == 0 ? 0 : 1;
+}
+
+/* Exit status: 0 normal stop or --help, 1 failure, 2 bad usage. */
+int main(int argc, char **argv)
+{
+    struct options opts;
+    int            rc = parse_options(argc, argv, &opts);
+
+    if (rc == 0)
+        rc = run(&opts);
+    else
+        rc = rc > 0 ? 0 : 2;
+    free(opts.topics);
+    return rc;
 }

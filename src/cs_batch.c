@@ -1,0 +1,180 @@
+/*-------------------------------------------------------------------------
+ * cs_batch.c
+ *	  Apply one batch of Kafka messages in a single transaction.
+ *
+ * Happy path: one subtransaction around the set-based apply of the whole
+ * batch.  If that raises a data error (SQLSTATE class 22 or 23), the batch
+ * is re-applied one event per subtransaction to isolate the culprit, which
+ * goes to the dead letters; any other error propagates and the whole batch
+ * is rolled back for the caller to retry.  Invalid messages never reach the
+ * apply: the parser rejects them and they are dead-lettered directly.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "cs_batch.h"
+#include "cs_dead_letter.h"
+#include "cs_offsets.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* A data error is the message's fault; anything else is the system's. */
+static bool
+is_data_error(int sqlerrcode)
+{
+	int			cls = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return cls == ERRCODE_DATA_EXCEPTION ||
+		cls == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
+		cls == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+}
+
+/*
+ * Run cs_apply_batch on events in a subtransaction.  Returns NULL on success,
+ * or the ErrorData of a data error (the subtransaction rolled back).  Other
+ * errors are re-thrown.
+ */
+static ErrorData *
+apply_in_subxact(const CsEvent *events, int n, CsApplyResult *results)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		cs_apply_batch(events, n, results);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (!is_data_error(edata->sqlerrcode))
+			ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/* Parse every message; invalid ones are dead-lettered right away. */
+static void
+parse_messages(const CsMessage *msgs, int n, CsEvent *events,
+			   CsApplyResult *results, CsBatchOutcome *outcome)
+{
+	for (int i = 0; i < n; i++)
+	{
+		CsEventError err;
+
+		results[i] = CS_RESULT_APPLIED;
+		if (!cs_event_parse(msgs[i].payload ? msgs[i].payload : "",
+							msgs[i].payload ? msgs[i].len : 0, &events[i], &err))
+		{
+			results[i] = CS_RESULT_INVALID;
+			cs_dead_letter_store(&msgs[i], events[i].event_id,
+								 err.sqlstate, "invalid citizen event", err.detail);
+			outcome->dead_lettered++;
+		}
+	}
+}
+
+/*
+ * The batch raised a data error: apply event by event, dead-lettering those
+ * that fail on their own.
+ */
+static void
+apply_isolated(const CsMessage *msgs, const CsEvent *events, int n,
+			   CsApplyResult *results, CsBatchOutcome *outcome)
+{
+	for (int i = 0; i < n; i++)
+	{
+		ErrorData  *edata;
+
+		if (results[i] == CS_RESULT_INVALID)
+			continue;
+		edata = apply_in_subxact(&events[i], 1, &results[i]);
+		if (edata != NULL)
+		{
+			results[i] = CS_RESULT_INVALID;
+			cs_dead_letter_store(&msgs[i], events[i].event_id, edata->sqlerrcode,
+								 edata->message, edata->detail);
+			outcome->dead_lettered++;
+			FreeErrorData(edata);
+		}
+	}
+}
+
+/* Tally outcomes and the sync latency of applied events. */
+static void
+tally(const CsEvent *events, const CsApplyResult *results, int n,
+	  CsBatchOutcome *outcome)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < n; i++)
+	{
+		if (results[i] == CS_RESULT_INVALID)
+			continue;
+		outcome->results[results[i]]++;
+		if (!events[i].has_timestamp)
+			continue;
+		if (events[i].timestamp > outcome->newest_event_ts)
+			outcome->newest_event_ts = events[i].timestamp;
+		if (results[i] == CS_RESULT_APPLIED || results[i] == CS_RESULT_DELETED)
+		{
+			outcome->sum_latency_ms += (double) (now - events[i].timestamp) / 1000.0;
+			outcome->latency_samples++;
+		}
+	}
+}
+
+void
+cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
+			   CsBatchOutcome *outcome)
+{
+	CsEvent    *events;
+	CsApplyResult *results;
+	ErrorData  *edata;
+
+	memset(outcome, 0, sizeof(*outcome));
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "citizen_sync: SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, "citizen_sync: applying a batch");
+
+	events = palloc0(sizeof(CsEvent) * n);
+	results = palloc(sizeof(CsApplyResult) * n);
+	parse_messages(msgs, n, events, results, outcome);
+	edata = apply_in_subxact(events, n, results);
+	if (edata != NULL)
+	{
+		ereport(LOG,
+				(errmsg("citizen_sync: batch of %d events raised \"%s\"; isolating the failing event",
+						n, edata->message)));
+		FreeErrorData(edata);
+		apply_isolated(msgs, events, n, results, outcome);
+	}
+	tally(events, results, n, outcome);
+	cs_offsets_store(group_id, msgs, n);
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}

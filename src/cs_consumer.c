@@ -1,0 +1,567 @@
+/*-------------------------------------------------------------------------
+ * cs_consumer.c
+ *	  The consumer worker: Kafka to cache.citizen_refs, in-process.
+ *
+ * One process per entry of citizen_sync.databases, connected to that
+ * database as the entry's role.  Loop: wait on the latch and the consumer
+ * queue; drain events (messages, rebalances, errors, logs) from this thread
+ * only; when a batch is full or old enough, apply it in one transaction that
+ * also stores the partitions' next offsets (cs_batch.c), then commit the
+ * offsets to Kafka asynchronously for lag tools.
+ *
+ * On assignment every partition is positioned at the offset stored in the
+ * database, never at Kafka's committed offset.  Rebalance events arrive as
+ * queue events (no librdkafka callback calls into PostgreSQL).  A batch that
+ * fails for a system reason is kept and retried with backoff; one that fails
+ * while partitions are being revoked is dropped and the process restarts,
+ * resuming from the stored offsets.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "cs_batch.h"
+#include "cs_config.h"
+#include "cs_guc.h"
+#include "cs_kafka_conf.h"
+#include "cs_offsets.h"
+#include "cs_shmem.h"
+#include "cs_worker.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void cs_consumer_main(Datum arg);
+
+typedef struct Consumer
+{
+	CsWorkerSlot *slot;
+	char		database[NAMEDATALEN];
+	char		role[NAMEDATALEN];
+	char		group_id[256];
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *queue;
+	CsQueueWaiter waiter;
+	/* the batch being collected: events own their messages */
+	rd_kafka_event_t **held;
+	int			nheld;
+	CsMessage  *msgs;
+	int			nmsgs;
+	int			capacity;
+	TimestampTz first_at;
+	int			failures;		/* consecutive failed attempts of this batch */
+	TimestampTz retry_at;
+} Consumer;
+
+/* Wait for CREATE EXTENSION in this database, reporting it meanwhile. */
+static bool
+extension_installed(void)
+{
+	bool		found;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citizen_sync'",
+				true, 1);
+	found = SPI_processed > 0;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+static void
+wait_for_extension(Consumer *c)
+{
+	bool		warned = false;
+
+	while (!cs_got_sigterm && !extension_installed())
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg),
+				 "extension citizen_sync is not installed in database \"%s\"", c->database);
+		cs_shmem_set_error(c->slot, msg);
+		cs_shmem_set_state(c->slot, "waiting for extension");
+		if (!warned)
+			ereport(WARNING,
+					(errmsg("citizen_sync: %s", msg),
+					 errhint("Run CREATE EXTENSION citizen_sync in database \"%s\"; the consumer checks again every %d s.",
+							 c->database, cs_restart_delay_s)));
+		warned = true;
+		cs_worker_sleep(cs_restart_delay_s * 1000L);
+		cs_worker_reload_config();
+	}
+}
+
+/* Create the librdkafka consumer, subscribed to citizen_sync.topics. */
+static void
+kafka_start(Consumer *c)
+{
+	char		client_id[300];
+	char		errstr[512];
+	char		topics[CS_MAX_TOPICS][250];
+	int			ntopics;
+	rd_kafka_conf_t *conf;
+	rd_kafka_topic_partition_list_t *sub;
+
+	snprintf(client_id, sizeof(client_id), "citizen_sync-%s", c->database);
+	conf = cs_kafka_conf_new(client_id);
+	cs_kafka_conf_set(conf, "group.id", c->group_id);
+	cs_kafka_conf_set(conf, "enable.auto.commit", "false");
+	cs_kafka_conf_set(conf, "enable.auto.offset.store", "false");
+	cs_kafka_conf_set(conf, "auto.offset.reset", "earliest");
+	cs_kafka_conf_set(conf, "enable.partition.eof", "false");
+	cs_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384");
+	cs_kafka_conf_set(conf, "fetch.wait.max.ms", "20");
+	cs_kafka_conf_set(conf, "log.queue", "true");
+	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_ERROR |
+							 RD_KAFKA_EVENT_LOG | RD_KAFKA_EVENT_OFFSET_COMMIT);
+	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (c->rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("citizen_sync: could not create a Kafka consumer: %s", errstr)));
+	rd_kafka_poll_set_consumer(c->rk);
+	rd_kafka_set_log_queue(c->rk, NULL);
+	c->queue = rd_kafka_queue_get_consumer(c->rk);
+	cs_waiter_init(&c->waiter, c->queue);
+
+	ntopics = cs_parse_topics(cs_topics, topics, CS_MAX_TOPICS, errstr, sizeof(errstr));
+	sub = rd_kafka_topic_partition_list_new(Max(ntopics, 1));
+	for (int i = 0; i < ntopics; i++)
+		rd_kafka_topic_partition_list_add(sub, topics[i], RD_KAFKA_PARTITION_UA);
+	if (rd_kafka_subscribe(c->rk, sub) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("citizen_sync: could not subscribe to \"%s\"", cs_topics)));
+	rd_kafka_topic_partition_list_destroy(sub);
+}
+
+/* Publish the assignment (with stored positions) in the stats slot. */
+static void
+slot_set_partitions(Consumer *c, const rd_kafka_topic_partition_list_t *parts)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	c->slot->npartitions = 0;
+	for (int i = 0; parts && i < parts->cnt && i < CS_MAX_PARTITIONS; i++)
+	{
+		CsPartitionState *p = &c->slot->partitions[c->slot->npartitions++];
+
+		strlcpy(p->topic, parts->elems[i].topic, CS_TOPIC_LEN);
+		p->partition = parts->elems[i].partition;
+		p->next_offset = parts->elems[i].offset >= 0 ? parts->elems[i].offset : 0;
+		p->high_watermark = -1;
+	}
+	LWLockRelease(cs_shared->lock);
+}
+
+/* After a committed batch: positions and cached high watermarks. */
+static void
+slot_update_positions(Consumer *c)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < c->slot->npartitions; i++)
+	{
+		CsPartitionState *p = &c->slot->partitions[i];
+		int64_t		lo,
+					hi;
+
+		for (int m = 0; m < c->nmsgs; m++)
+			if (c->msgs[m].partition == p->partition &&
+				strcmp(c->msgs[m].topic, p->topic) == 0 &&
+				c->msgs[m].offset + 1 > p->next_offset)
+				p->next_offset = c->msgs[m].offset + 1;
+		if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			p->high_watermark = hi;
+	}
+	LWLockRelease(cs_shared->lock);
+}
+
+/* Add a batch's outcome to the slot's counters. */
+static void
+slot_count(Consumer *c, const CsBatchOutcome *o, double ms)
+{
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int r = 0; r < CS_RESULT_COUNT; r++)
+		c->slot->results[r] += o->results[r];
+	c->slot->dead_lettered += o->dead_lettered;
+	c->slot->batches++;
+	c->slot->last_batch_at = GetCurrentTimestamp();
+	c->slot->last_batch_ms = ms;
+	strlcpy(c->slot->state, "running", sizeof(c->slot->state));
+	LWLockRelease(cs_shared->lock);
+}
+
+/* Release the held events (and so their messages). */
+static void
+batch_release(Consumer *c)
+{
+	for (int i = 0; i < c->nheld; i++)
+		rd_kafka_event_destroy(c->held[i]);
+	c->nheld = 0;
+	c->nmsgs = 0;
+	c->failures = 0;
+	c->retry_at = 0;
+}
+
+/* Commit the batch's next offsets to Kafka, asynchronously, for lag tools. */
+static void
+commit_to_kafka(Consumer *c)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(c->nmsgs);
+
+	for (int i = 0; i < c->nmsgs; i++)
+	{
+		rd_kafka_topic_partition_t *p =
+			rd_kafka_topic_partition_list_find(list, c->msgs[i].topic, c->msgs[i].partition);
+
+		if (p == NULL)
+			p = rd_kafka_topic_partition_list_add(list, c->msgs[i].topic, c->msgs[i].partition);
+		if (c->msgs[i].offset + 1 > p->offset)
+			p->offset = c->msgs[i].offset + 1;
+	}
+	(void) rd_kafka_commit(c->rk, list, 1);
+	rd_kafka_topic_partition_list_destroy(list);
+}
+
+typedef struct FlushArgs
+{
+	Consumer   *c;
+	CsBatchOutcome outcome;
+} FlushArgs;
+
+static void
+flush_step(void *arg)
+{
+	FlushArgs  *a = (FlushArgs *) arg;
+
+	cs_batch_apply(a->c->group_id, a->c->msgs, a->c->nmsgs, &a->outcome);
+}
+
+/*
+ * Apply the collected batch.  Returns true when committed (the batch is then
+ * released); false when it failed and is kept for a retry with backoff.
+ */
+static bool
+flush_batch(Consumer *c)
+{
+	FlushArgs	args = {c};
+	TimestampTz start = GetCurrentTimestamp();
+
+	if (c->nmsgs == 0)
+		return true;
+	if (!cs_worker_try(c->slot, flush_step, &args))
+	{
+		c->failures++;
+		c->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  Min(100L << Min(c->failures, 10),
+													  cs_restart_delay_s * 1000L));
+		return false;
+	}
+	slot_count(c, &args.outcome,
+			   (double) (GetCurrentTimestamp() - start) / 1000.0);
+	commit_to_kafka(c);
+	slot_update_positions(c);
+	batch_release(c);
+	return true;
+}
+
+/* Grow the batch arrays to hold at least n messages. */
+static void
+batch_reserve(Consumer *c, int n)
+{
+	if (n <= c->capacity)
+		return;
+	c->capacity = Max(n, c->capacity * 2);
+	c->held = repalloc(c->held, sizeof(rd_kafka_event_t *) * c->capacity);
+	c->msgs = repalloc(c->msgs, sizeof(CsMessage) * c->capacity);
+}
+
+/* A fetch event: keep it and reference its messages in the batch. */
+static void
+take_fetch(Consumer *c, rd_kafka_event_t *ev)
+{
+	const rd_kafka_message_t *m;
+	bool		kept = false;
+
+	while ((m = rd_kafka_event_message_next(ev)) != NULL)
+	{
+		CsMessage  *msg;
+
+		if (m->err)
+		{
+			ereport(LOG, (errmsg("citizen_sync: consumer error: %s",
+								 rd_kafka_message_errstr(m))));
+			continue;
+		}
+		batch_reserve(c, c->nmsgs + 1);
+		msg = &c->msgs[c->nmsgs++];
+		msg->payload = m->payload;
+		msg->len = m->len;
+		msg->key = m->key;
+		msg->key_len = m->key_len;
+		msg->topic = rd_kafka_topic_name(m->rkt);
+		msg->partition = m->partition;
+		msg->offset = m->offset;
+		kept = true;
+		if (c->nmsgs == 1)
+			c->first_at = GetCurrentTimestamp();
+	}
+	if (kept)
+	{
+		batch_reserve(c, c->nheld + 1);
+		c->held[c->nheld++] = ev;
+	}
+	else
+		rd_kafka_event_destroy(ev);
+}
+
+typedef struct AssignArgs
+{
+	Consumer   *c;
+	rd_kafka_topic_partition_list_t *parts;
+} AssignArgs;
+
+static void
+load_step(void *arg)
+{
+	AssignArgs *a = (AssignArgs *) arg;
+
+	cs_offsets_load(a->c->group_id, a->parts);
+}
+
+/* Partitions assigned: position each at its stored offset, then assign. */
+static void
+on_assign(Consumer *c, const rd_kafka_topic_partition_list_t *given, bool cooperative)
+{
+	AssignArgs	args = {c, rd_kafka_topic_partition_list_copy(given)};
+
+	if (!cs_worker_try(c->slot, load_step, &args))
+		proc_exit(1);			/* restart; positions come from the database */
+	if (cooperative)
+	{
+		rd_kafka_error_t *err = rd_kafka_incremental_assign(c->rk, args.parts);
+
+		if (err)
+			rd_kafka_error_destroy(err);
+	}
+	else
+		rd_kafka_assign(c->rk, args.parts);
+	slot_set_partitions(c, args.parts);
+	ereport(LOG, (errmsg("citizen_sync: consumer for \"%s\" assigned %d partition(s)",
+						 c->database, args.parts->cnt)));
+	rd_kafka_topic_partition_list_destroy(args.parts);
+}
+
+/* Partitions revoked: commit what we hold for them first, then let go. */
+static void
+on_revoke(Consumer *c, const rd_kafka_topic_partition_list_t *taken, bool cooperative)
+{
+	if (!flush_batch(c))
+	{
+		ereport(LOG, (errmsg("citizen_sync: could not apply the batch during a rebalance; restarting from the stored offsets")));
+		proc_exit(1);
+	}
+	if (cooperative)
+	{
+		rd_kafka_error_t *err = rd_kafka_incremental_unassign(c->rk, taken);
+
+		if (err)
+			rd_kafka_error_destroy(err);
+	}
+	else
+		rd_kafka_assign(c->rk, NULL);
+	slot_set_partitions(c, NULL);
+}
+
+static void
+handle_rebalance(Consumer *c, rd_kafka_event_t *ev)
+{
+	bool		cooperative = strcmp(rd_kafka_rebalance_protocol(c->rk), "COOPERATIVE") == 0;
+	const rd_kafka_topic_partition_list_t *parts = rd_kafka_event_topic_partition_list(ev);
+
+	if (rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+		on_assign(c, parts, cooperative);
+	else
+		on_revoke(c, parts, cooperative);
+}
+
+/* One event from the consumer queue. */
+static void
+handle_event(Consumer *c, rd_kafka_event_t *ev)
+{
+	switch (rd_kafka_event_type(ev))
+	{
+		case RD_KAFKA_EVENT_FETCH:
+			take_fetch(c, ev);
+			return;				/* kept or destroyed by take_fetch */
+		case RD_KAFKA_EVENT_REBALANCE:
+			handle_rebalance(c, ev);
+			break;
+		case RD_KAFKA_EVENT_ERROR:
+			{
+				char		msg[512];
+
+				snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
+				cs_shmem_set_error(c->slot, msg);
+				ereport(rd_kafka_event_error_is_fatal(ev) ? ERROR : LOG,
+						(errmsg("citizen_sync: %s", msg)));
+			}
+			break;
+		case RD_KAFKA_EVENT_LOG:
+			{
+				const char *fac,
+						   *str;
+				int			level;
+
+				if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
+					ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
+			}
+			break;
+		default:
+			break;
+	}
+	rd_kafka_event_destroy(ev);
+}
+
+/* Drain the queue without blocking until empty or the batch is full. */
+static void
+drain_queue(Consumer *c)
+{
+	rd_kafka_event_t *ev;
+
+	while (c->nmsgs < cs_batch_size && (ev = rd_kafka_queue_poll(c->queue, 0)) != NULL)
+		handle_event(c, ev);
+}
+
+/* How long to sleep before the next action is due. */
+static long
+next_timeout(Consumer *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz due;
+
+	if (c->retry_at)
+		due = c->retry_at;
+	else if (c->nmsgs >= cs_batch_size || rd_kafka_queue_length(c->queue) > 0)
+		return 0;
+	else if (c->nmsgs > 0)
+		due = TimestampTzPlusMilliseconds(c->first_at, cs_batch_wait_ms);
+	else
+		return 1000;			/* safety net: wake up once a second anyway */
+	return due <= now ? 0 : (long) ((due - now + 999) / 1000);
+}
+
+static bool
+batch_due(Consumer *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (c->nmsgs == 0)
+		return false;
+	if (c->retry_at)
+		return now >= c->retry_at;
+	return c->nmsgs >= cs_batch_size ||
+		now >= TimestampTzPlusMilliseconds(c->first_at, cs_batch_wait_ms);
+}
+
+/* Leave the group promptly: close asynchronously, bounded in time. */
+static void
+kafka_stop(Consumer *c)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 3000);
+	rd_kafka_error_t *err;
+
+	batch_release(c);
+	err = rd_kafka_consumer_close_queue(c->rk, c->queue);
+	if (err)
+		rd_kafka_error_destroy(err);
+	while (!rd_kafka_consumer_closed(c->rk) && GetCurrentTimestamp() < deadline)
+	{
+		rd_kafka_event_t *ev = rd_kafka_queue_poll(c->queue, 100);
+
+		if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+		{
+			if (strcmp(rd_kafka_rebalance_protocol(c->rk), "COOPERATIVE") == 0)
+			{
+				rd_kafka_error_t *e = rd_kafka_incremental_unassign(c->rk,
+																	rd_kafka_event_topic_partition_list(ev));
+
+				if (e)
+					rd_kafka_error_destroy(e);
+			}
+			else
+				rd_kafka_assign(c->rk, NULL);
+		}
+		if (ev)
+			rd_kafka_event_destroy(ev);
+	}
+	cs_waiter_close(&c->waiter);
+	rd_kafka_queue_destroy(c->queue);
+	rd_kafka_destroy_flags(c->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	c->rk = NULL;
+}
+
+static void
+consume_loop(Consumer *c)
+{
+	cs_shmem_set_state(c->slot, "running");
+	while (!cs_got_sigterm)
+	{
+		cs_waiter_wait(&c->waiter, next_timeout(c));
+		cs_worker_reload_config();
+		if (c->retry_at == 0)
+			drain_queue(c);
+		if (batch_due(c))
+			flush_batch(c);
+	}
+}
+
+void
+cs_consumer_main(Datum arg)
+{
+	int			slot_index = DatumGetInt32(arg);
+	Consumer	c;
+
+	memset(&c, 0, sizeof(c));
+	cs_worker_setup_signals();
+	c.slot = cs_shmem_attach(slot_index);
+	strlcpy(c.database, c.slot->database, NAMEDATALEN);
+	strlcpy(c.role, c.slot->role, NAMEDATALEN);
+	strlcpy(c.group_id, c.slot->group_id, sizeof(c.group_id));
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not connect to database \"%s\" as role \"%s\" (see the server log)",
+				 c.database, c.role[0] ? c.role : "(bootstrap superuser)");
+		cs_shmem_set_error(c.slot, msg);
+	}
+	BackgroundWorkerInitializeConnection(c.database, c.role[0] ? c.role : NULL, 0);
+	cs_shmem_set_error(c.slot, "");
+	pgstat_report_appname("citizen_sync consumer");
+	if (c.role[0] == '\0')
+		ereport(WARNING,
+				(errmsg("citizen_sync: the consumer for \"%s\" applies events as a superuser", c.database),
+				 errhint("Name the service's sync user in citizen_sync.databases, e.g. '%s:permits_sync_user'.",
+						 c.database)));
+	c.capacity = 1024;
+	c.held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_event_t *) * c.capacity);
+	c.msgs = MemoryContextAlloc(TopMemoryContext, sizeof(CsMessage) * c.capacity);
+
+	wait_for_extension(&c);
+	if (cs_got_sigterm)
+		proc_exit(0);
+	kafka_start(&c);
+	consume_loop(&c);
+	kafka_stop(&c);
+	proc_exit(0);
+}

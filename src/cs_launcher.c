@@ -1,0 +1,263 @@
+/*-------------------------------------------------------------------------
+ * cs_launcher.c
+ *	  The launcher: one consumer per citizen_sync.databases entry and the
+ *	  outbox publisher, restarted with backoff, reconfigured on SIGHUP.
+ *
+ * The launcher connects to no database.  It owns the shared-memory slots:
+ * slot i describes entry i of citizen_sync.databases, CS_PUBLISHER_SLOT the
+ * publisher.  Workers are dynamic (BGW_NEVER_RESTART) and notify the
+ * launcher when they stop; a worker that failed is restarted after a delay
+ * that doubles up to citizen_sync.restart_delay, one that stopped cleanly at
+ * once.  When Kafka settings change, every worker is restarted with them.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "cs_config.h"
+#include "cs_guc.h"
+#include "cs_shmem.h"
+#include "cs_worker.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void cs_launcher_main(Datum arg);
+
+/* What the launcher wants running in one slot, and what it has. */
+typedef struct LaunchState
+{
+	bool		wanted;
+	CsWorkerKind kind;
+	char		database[NAMEDATALEN];
+	char		role[NAMEDATALEN];
+	char		group_id[256];
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+	TimestampTz next_start_at;
+	long		backoff_ms;
+} LaunchState;
+
+static LaunchState launch[CS_MAX_WORKERS];
+static char *kafka_fingerprint = NULL;
+
+/* The settings whose change requires restarting every worker. */
+static char *
+settings_fingerprint(void)
+{
+	return psprintf("%s|%s|%s|%s|%s|%s", cs_brokers, cs_topics, cs_group_id,
+					cs_kafka_properties, cs_topic_prefix, cs_outbox_database);
+}
+
+/* Recompute which workers are wanted from the current settings. */
+static void
+compute_wanted(LaunchState *want)
+{
+	CsDatabaseEntry entries[CS_MAX_DATABASES];
+	char		errbuf[256];
+	int			n = 0;
+	bool		kafka = cs_brokers != NULL && cs_brokers[0] != '\0';
+
+	memset(want, 0, sizeof(LaunchState) * CS_MAX_WORKERS);
+	if (kafka)
+		n = cs_parse_databases(cs_databases, entries, errbuf, sizeof(errbuf));
+	for (int i = 0; i < n; i++)
+	{
+		want[i].wanted = true;
+		want[i].kind = CS_WORKER_CONSUMER;
+		strlcpy(want[i].database, entries[i].database, NAMEDATALEN);
+		strlcpy(want[i].role, entries[i].role, NAMEDATALEN);
+		cs_group_for_database(entries[i].database, want[i].group_id, sizeof(want[i].group_id));
+	}
+	if (kafka && cs_outbox_database && cs_outbox_database[0] != '\0')
+	{
+		LaunchState *p = &want[CS_PUBLISHER_SLOT];
+
+		p->wanted = true;
+		p->kind = CS_WORKER_PUBLISHER;
+		strlcpy(p->database, cs_outbox_database, NAMEDATALEN);
+	}
+}
+
+static bool
+is_running(LaunchState *s)
+{
+	pid_t		pid;
+
+	return s->handle != NULL &&
+		GetBackgroundWorkerPid(s->handle, &pid) != BGWH_STOPPED;
+}
+
+static void
+stop_worker(LaunchState *s)
+{
+	if (s->handle)
+		TerminateBackgroundWorker(s->handle);
+}
+
+/* Register the dynamic worker for slot i. */
+static void
+start_worker(int i)
+{
+	LaunchState *s = &launch[i];
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(bgw.bgw_library_name, "citizen_sync", BGW_MAXLEN);
+	if (s->kind == CS_WORKER_CONSUMER)
+	{
+		strlcpy(bgw.bgw_function_name, "cs_consumer_main", BGW_MAXLEN);
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "citizen_sync consumer for %s", s->database);
+		strlcpy(bgw.bgw_type, "citizen_sync consumer", BGW_MAXLEN);
+	}
+	else
+	{
+		strlcpy(bgw.bgw_function_name, "cs_publisher_main", BGW_MAXLEN);
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "citizen_sync publisher for %s", s->database);
+		strlcpy(bgw.bgw_type, "citizen_sync publisher", BGW_MAXLEN);
+	}
+	bgw.bgw_main_arg = Int32GetDatum(i);
+	bgw.bgw_notify_pid = MyProcPid;
+	cs_shmem_configure_slot(i, s->kind, s->database, s->role, s->group_id);
+	if (!RegisterDynamicBackgroundWorker(&bgw, &s->handle))
+	{
+		s->handle = NULL;
+		cs_shmem_set_error(&cs_shared->slots[i], "no free background worker slot");
+		ereport(WARNING,
+				(errmsg("citizen_sync: could not start \"%s\": no free background worker slot", bgw.bgw_name),
+				 errhint("Raise max_worker_processes (one launcher, one consumer per database, one publisher)."),
+				 errdetail("Trying again in %d s.", cs_restart_delay_s)));
+		s->next_start_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   cs_restart_delay_s * 1000L);
+		return;
+	}
+	s->started_at = GetCurrentTimestamp();
+}
+
+/*
+ * A worker stopped: schedule its restart.  After a failure the delay doubles
+ * (from 1 s to citizen_sync.restart_delay); a worker that ran long enough, or
+ * stopped cleanly, restarts at once.
+ */
+static void
+schedule_restart(int i)
+{
+	LaunchState *s = &launch[i];
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+	bool		failed = strcmp(slot->state, "stopped") != 0;
+	TimestampTz now = GetCurrentTimestamp();
+	long		max_ms = cs_restart_delay_s * 1000L;
+
+	pfree(s->handle);
+	s->handle = NULL;
+	if (!failed || TimestampDifferenceExceeds(s->started_at, now, 2 * max_ms))
+		s->backoff_ms = 0;
+	else
+		s->backoff_ms = s->backoff_ms == 0 ? 1000 : Min(s->backoff_ms * 2, max_ms);
+	if (failed)
+	{
+		LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+		if (slot->last_error[0] == '\0')
+			snprintf(slot->last_error, sizeof(slot->last_error),
+					 "worker exited with an error (see the server log)");
+		slot->last_error_at = now;
+		snprintf(slot->state, sizeof(slot->state), "restarting");
+		LWLockRelease(cs_shared->lock);
+	}
+	s->next_start_at = TimestampTzPlusMilliseconds(now, s->backoff_ms);
+}
+
+/* Bring the running set in line with want[]; returns ms until next action. */
+static long
+reconcile(LaunchState *want)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout = 10000;
+
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		LaunchState *s = &launch[i];
+		bool		same = s->wanted == want[i].wanted && s->kind == want[i].kind &&
+			strcmp(s->database, want[i].database) == 0 &&
+			strcmp(s->role, want[i].role) == 0 &&
+			strcmp(s->group_id, want[i].group_id) == 0;
+
+		if (s->handle && !is_running(s))
+			schedule_restart(i);
+		if (!same)
+		{
+			if (s->handle)
+			{
+				stop_worker(s);
+				continue;		/* restart with the new target once stopped */
+			}
+			if (s->wanted && !want[i].wanted)
+				cs_shmem_clear_slot(i);
+			memcpy(s, &want[i], offsetof(LaunchState, handle));
+			s->next_start_at = 0;
+			s->backoff_ms = 0;
+		}
+		if (s->wanted && s->handle == NULL)
+		{
+			if (now >= s->next_start_at)
+				start_worker(i);
+			else
+				timeout = Min(timeout, (long) ((s->next_start_at - now) / 1000) + 1);
+		}
+	}
+	return timeout;
+}
+
+/* On a settings change that workers read once, restart them all. */
+static void
+restart_all_if_settings_changed(void)
+{
+	char	   *fp = settings_fingerprint();
+
+	if (kafka_fingerprint != NULL && strcmp(fp, kafka_fingerprint) != 0)
+	{
+		ereport(LOG, (errmsg("citizen_sync: Kafka settings changed; restarting the workers")));
+		for (int i = 0; i < CS_MAX_WORKERS; i++)
+			stop_worker(&launch[i]);
+	}
+	if (kafka_fingerprint)
+		pfree(kafka_fingerprint);
+	kafka_fingerprint = MemoryContextStrdup(TopMemoryContext, fp);
+	pfree(fp);
+}
+
+void
+cs_launcher_main(Datum arg)
+{
+	LaunchState *want = MemoryContextAllocZero(TopMemoryContext,
+											   sizeof(LaunchState) * CS_MAX_WORKERS);
+
+	cs_worker_setup_signals();
+	pgstat_report_appname("citizen_sync launcher");
+	restart_all_if_settings_changed();
+	while (!cs_got_sigterm)
+	{
+		long		timeout;
+
+		compute_wanted(want);
+		timeout = reconcile(want);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			cs_worker_reload_config();
+			restart_all_if_settings_changed();
+		}
+	}
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+		stop_worker(&launch[i]);
+	proc_exit(0);
+}

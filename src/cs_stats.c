@@ -1,0 +1,154 @@
+/*-------------------------------------------------------------------------
+ * cs_stats.c
+ *	  SQL functions reading the workers' shared-memory state; the views
+ *	  citizen_sync.worker_stats, consumer_stats and consumer_lag sit on top.
+ *
+ * A snapshot of all slots is copied under the shared lock, then turned into
+ * rows without holding it.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "cs_shmem.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(citizen_sync_worker_stats);
+PG_FUNCTION_INFO_V1(citizen_sync_partition_stats);
+
+#define WORKER_STATS_COLS 20
+
+/* Copy all slots under the lock. */
+static CsWorkerSlot *
+snapshot_slots(void)
+{
+	CsWorkerSlot *copy = palloc(sizeof(CsWorkerSlot) * CS_MAX_WORKERS);
+
+	if (cs_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("citizen_sync shared memory is not initialised"),
+				 errhint("Add citizen_sync to shared_preload_libraries and restart the server.")));
+	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	memcpy(copy, cs_shared->slots, sizeof(CsWorkerSlot) * CS_MAX_WORKERS);
+	LWLockRelease(cs_shared->lock);
+	return copy;
+}
+
+static const char *
+kind_name(CsWorkerKind kind)
+{
+	switch (kind)
+	{
+		case CS_WORKER_CONSUMER:
+			return "consumer";
+		case CS_WORKER_PUBLISHER:
+			return "publisher";
+		case CS_WORKER_LAUNCHER:
+			return "launcher";
+		default:
+			return "none";
+	}
+}
+
+static Datum
+nullable_ts(TimestampTz ts, bool *isnull)
+{
+	*isnull = (ts == 0);
+	return TimestampTzGetDatum(ts);
+}
+
+static Datum
+nullable_text(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL || s[0] == '\0');
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+/* Fill one worker_stats row from a slot. */
+static void
+worker_row(const CsWorkerSlot *s, Datum *v, bool *n)
+{
+	int64		lag = 0;
+
+	for (int p = 0; p < s->npartitions; p++)
+		if (s->partitions[p].high_watermark >= 0)
+			lag += Max(0, s->partitions[p].high_watermark - s->partitions[p].next_offset);
+	memset(n, 0, sizeof(bool) * WORKER_STATS_COLS);
+	v[0] = CStringGetTextDatum(kind_name(s->kind));
+	v[1] = CStringGetTextDatum(s->database);
+	v[2] = nullable_text(s->role, &n[2]);
+	v[3] = nullable_text(s->group_id, &n[3]);
+	v[4] = Int32GetDatum(s->pid);
+	n[4] = (s->pid == 0);
+	v[5] = CStringGetTextDatum(s->state);
+	v[6] = nullable_ts(s->started_at, &n[6]);
+	v[7] = Int32GetDatum(s->npartitions);
+	v[8] = Int64GetDatum(s->results[CS_RESULT_APPLIED]);
+	v[9] = Int64GetDatum(s->results[CS_RESULT_DELETED]);
+	v[10] = Int64GetDatum(s->results[CS_RESULT_STALE]);
+	v[11] = Int64GetDatum(s->results[CS_RESULT_DUPLICATE]);
+	v[12] = Int64GetDatum(s->results[CS_RESULT_IGNORED]);
+	v[13] = Int64GetDatum(s->dead_lettered);
+	v[14] = Int64GetDatum(s->batches);
+	v[15] = nullable_ts(s->last_batch_at, &n[15]);
+	v[16] = Int64GetDatum(lag);
+	v[17] = Int64GetDatum(s->published);
+	v[18] = nullable_text(s->last_error, &n[18]);
+	v[19] = nullable_ts(s->last_error_at, &n[19]);
+}
+
+/* citizen_sync.worker_stats_raw(): one row per configured worker. */
+Datum
+citizen_sync_worker_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CsWorkerSlot *slots;
+
+	InitMaterializedSRF(fcinfo, 0);
+	slots = snapshot_slots();
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		Datum		v[WORKER_STATS_COLS];
+		bool		n[WORKER_STATS_COLS];
+
+		if (slots[i].kind == CS_WORKER_NONE)
+			continue;
+		worker_row(&slots[i], v, n);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	PG_RETURN_VOID();
+}
+
+/* citizen_sync.partition_stats_raw(): one row per assigned partition. */
+Datum
+citizen_sync_partition_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CsWorkerSlot *slots;
+
+	InitMaterializedSRF(fcinfo, 0);
+	slots = snapshot_slots();
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		for (int p = 0; p < slots[i].npartitions; p++)
+		{
+			const CsPartitionState *ps = &slots[i].partitions[p];
+			Datum		v[7];
+			bool		n[7] = {false, false, false, false, false, false, false};
+
+			v[0] = CStringGetTextDatum(slots[i].database);
+			v[1] = CStringGetTextDatum(slots[i].group_id);
+			v[2] = CStringGetTextDatum(ps->topic);
+			v[3] = Int32GetDatum(ps->partition);
+			v[4] = Int64GetDatum(ps->next_offset);
+			v[5] = Int64GetDatum(ps->high_watermark);
+			n[5] = n[6] = (ps->high_watermark < 0);
+			v[6] = Int64GetDatum(Max(0, ps->high_watermark - ps->next_offset));
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+		}
+	}
+	PG_RETURN_VOID();
+}

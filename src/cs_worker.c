@@ -1,0 +1,140 @@
+/*-------------------------------------------------------------------------
+ * cs_worker.c
+ *	  Signals, waiting and error containment shared by the workers.
+ *
+ * The error discipline follows timescaledb's job runner: catch, report,
+ * abort the transaction, remember the failure for the stats view, go on.
+ * An error in one step never kills the process.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "cs_worker.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+volatile sig_atomic_t cs_got_sigterm = false;
+
+static void
+handle_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	cs_got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+void
+cs_worker_setup_signals(void)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, handle_sigterm);
+	BackgroundWorkerUnblockSignals();
+}
+
+void
+cs_worker_reload_config(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+void
+cs_waiter_init(CsQueueWaiter *w, rd_kafka_queue_t *queue)
+{
+	static const char wake = 'w';
+
+	if (pipe(w->pipefd) != 0 ||
+		fcntl(w->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
+		fcntl(w->pipefd[1], F_SETFL, O_NONBLOCK) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("citizen_sync: could not create a wake-up pipe: %m")));
+	w->queue = queue;
+	rd_kafka_queue_io_event_enable(queue, w->pipefd[1], &wake, 1);
+	w->wes = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(w->wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(w->wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(w->wes, WL_SOCKET_READABLE, w->pipefd[0], NULL, NULL);
+}
+
+void
+cs_waiter_wait(CsQueueWaiter *w, long timeout_ms)
+{
+	WaitEvent	event;
+	char		buf[64];
+
+	if (timeout_ms != 0)
+		(void) WaitEventSetWait(w->wes, timeout_ms, &event, 1, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	while (read(w->pipefd[0], buf, sizeof(buf)) > 0)
+		;
+	CHECK_FOR_INTERRUPTS();
+}
+
+void
+cs_waiter_close(CsQueueWaiter *w)
+{
+	if (w->queue)
+		rd_kafka_queue_io_event_enable(w->queue, -1, NULL, 0);
+	if (w->wes)
+		FreeWaitEventSet(w->wes);
+	close(w->pipefd[0]);
+	close(w->pipefd[1]);
+	memset(w, 0, sizeof(*w));
+}
+
+bool
+cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		step(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		cs_shmem_set_error(slot, edata->message);
+		cs_shmem_set_state(slot, "error");
+		FreeErrorData(edata);
+		MemoryContextSwitchTo(oldcxt);
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+void
+cs_worker_sleep(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}

@@ -1,0 +1,52 @@
+/*-------------------------------------------------------------------------
+ * cs_worker.h
+ *	  What every citizen_sync background worker shares: signals, waiting on
+ *	  the latch and a librdkafka queue together, catching a failed step.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CS_WORKER_H
+#define CS_WORKER_H
+
+#include <signal.h>
+#include <librdkafka/rdkafka.h>
+
+#include "cs_shmem.h"
+#include "storage/latch.h"
+
+extern volatile sig_atomic_t cs_got_sigterm;
+
+/* Install SIGHUP (reload) and SIGTERM (stop after the current step). */
+extern void cs_worker_setup_signals(void);
+
+/* Apply a pending SIGHUP: re-read postgresql.conf. */
+extern void cs_worker_reload_config(void);
+
+/*
+ * Wakes the worker when its latch is set, the postmaster dies, or a
+ * librdkafka queue becomes non-empty (through a non-blocking pipe that
+ * librdkafka writes to).  No polling.
+ */
+typedef struct CsQueueWaiter
+{
+	WaitEventSet *wes;
+	int			pipefd[2];
+	rd_kafka_queue_t *queue;
+} CsQueueWaiter;
+
+extern void cs_waiter_init(CsQueueWaiter *w, rd_kafka_queue_t *queue);
+
+/* Wait up to timeout_ms (-1 = forever); resets the latch, drains the pipe. */
+extern void cs_waiter_wait(CsQueueWaiter *w, long timeout_ms);
+
+extern void cs_waiter_close(CsQueueWaiter *w);
+
+/*
+ * Run step(arg).  If it raises, log the error, abort any transaction, record
+ * the message in slot->last_error and return false.  Returns true otherwise.
+ */
+extern bool cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg);
+
+/* Sleep on the latch (interruptible by SIGTERM/SIGHUP) for up to ms. */
+extern void cs_worker_sleep(long ms);
+
+#endif							/* CS_WORKER_H */

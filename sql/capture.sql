@@ -10,6 +10,9 @@
 -- Errors raised in PL/pgSQL would print a CONTEXT line with a line number
 -- of the install script, which changes whenever it is edited.
 \set SHOW_CONTEXT never
+-- capture() drops its triggers IF EXISTS first; the NOTICEs of the first
+-- call are noise.
+SET client_min_messages = warning;
 
 -- Suites share one database: start from an empty outbox and cache.
 TRUNCATE citizen_sync.outbox RESTART IDENTITY;

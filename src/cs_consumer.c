@@ -20,6 +20,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/extension.h"
 #include "cs_batch.h"
 #include "cs_config.h"
 #include "cs_guc.h"
@@ -32,6 +33,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "utils/acl.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -58,47 +60,69 @@ typedef struct Consumer
 	TimestampTz retry_at;
 } Consumer;
 
-/* Wait for CREATE EXTENSION in this database, reporting it meanwhile. */
+/*
+ * Is the extension installed here, and does the apply role exist?  Fills
+ * *role_oid (InvalidOid for no role configured) or msg with what is missing.
+ */
 static bool
-extension_installed(void)
+prerequisites_met(Consumer *c, Oid *role_oid, char *msg, size_t msglen)
 {
-	bool		found;
+	bool		ok = true;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citizen_sync'",
-				true, 1);
-	found = SPI_processed > 0;
-	SPI_finish();
-	PopActiveSnapshot();
+	*role_oid = c->role[0] ? get_role_oid(c->role, true) : InvalidOid;
+	if (!OidIsValid(get_extension_oid("citizen_sync", true)))
+	{
+		snprintf(msg, msglen, "extension citizen_sync is not installed in database \"%s\"",
+				 c->database);
+		ok = false;
+	}
+	else if (c->role[0] && !OidIsValid(*role_oid))
+	{
+		snprintf(msg, msglen, "role \"%s\" named in citizen_sync.databases does not exist",
+				 c->role);
+		ok = false;
+	}
 	CommitTransactionCommand();
-	return found;
+	return ok;
 }
 
+/*
+ * Wait until the extension is installed and the role exists, reporting what
+ * is missing in the log (once) and the stats view; then become the role.
+ * The worker connects as the bootstrap superuser because service roles are
+ * NOLOGIN, and drops to the role for everything it executes.
+ */
 static void
-wait_for_extension(Consumer *c)
+wait_for_prerequisites(Consumer *c)
 {
 	bool		warned = false;
+	Oid			role_oid = InvalidOid;
+	char		msg[256];
 
-	while (!cs_got_sigterm && !extension_installed())
+	while (!cs_got_sigterm && !prerequisites_met(c, &role_oid, msg, sizeof(msg)))
 	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg),
-				 "extension citizen_sync is not installed in database \"%s\"", c->database);
 		cs_shmem_set_error(c->slot, msg);
-		cs_shmem_set_state(c->slot, "waiting for extension");
+		cs_shmem_set_state(c->slot, "waiting");
 		if (!warned)
 			ereport(WARNING,
 					(errmsg("citizen_sync: %s", msg),
-					 errhint("Run CREATE EXTENSION citizen_sync in database \"%s\"; the consumer checks again every %d s.",
+					 errhint("Run CREATE EXTENSION citizen_sync and SELECT citizen_sync.create_service_roles('<service>') in database \"%s\"; the consumer checks again every %d s.",
 							 c->database, cs_restart_delay_s)));
 		warned = true;
 		cs_worker_sleep(cs_restart_delay_s * 1000L);
 		cs_worker_reload_config();
 	}
+	if (OidIsValid(role_oid))
+		SetUserIdAndSecContext(role_oid, SECURITY_LOCAL_USERID_CHANGE);
+	else
+		ereport(WARNING,
+				(errmsg("citizen_sync: the consumer for \"%s\" applies events as a superuser", c->database),
+				 errhint("Name the service's sync user in citizen_sync.databases, e.g. '%s:permits_sync_user'.",
+						 c->database)));
+	if (warned)
+		cs_shmem_set_error(c->slot, "");
 }
 
 /* Create the librdkafka consumer, subscribed to citizen_sync.topics. */
@@ -538,26 +562,13 @@ cs_consumer_main(Datum arg)
 	strlcpy(c.database, c.slot->database, NAMEDATALEN);
 	strlcpy(c.role, c.slot->role, NAMEDATALEN);
 	strlcpy(c.group_id, c.slot->group_id, sizeof(c.group_id));
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not connect to database \"%s\" as role \"%s\" (see the server log)",
-				 c.database, c.role[0] ? c.role : "(bootstrap superuser)");
-		cs_shmem_set_error(c.slot, msg);
-	}
-	BackgroundWorkerInitializeConnection(c.database, c.role[0] ? c.role : NULL, 0);
-	cs_shmem_set_error(c.slot, "");
+	BackgroundWorkerInitializeConnection(c.database, NULL, 0);
 	pgstat_report_appname("citizen_sync consumer");
-	if (c.role[0] == '\0')
-		ereport(WARNING,
-				(errmsg("citizen_sync: the consumer for \"%s\" applies events as a superuser", c.database),
-				 errhint("Name the service's sync user in citizen_sync.databases, e.g. '%s:permits_sync_user'.",
-						 c.database)));
 	c.capacity = 1024;
 	c.held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_event_t *) * c.capacity);
 	c.msgs = MemoryContextAlloc(TopMemoryContext, sizeof(CsMessage) * c.capacity);
 
-	wait_for_extension(&c);
+	wait_for_prerequisites(&c);
 	if (cs_got_sigterm)
 		proc_exit(0);
 	kafka_start(&c);

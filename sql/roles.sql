@@ -1,0 +1,147 @@
+--
+-- roles: create_service_roles() and the ownership matrix.
+--
+--   <service>_service_user   owns and writes the service's tables, reads the cache
+--   <service>_sync_user      writes the cache (through apply_event), nothing else
+--   <service>_readonly_user  reads
+--
+-- Roles are cluster-wide: everything created here is dropped at the end.
+--
+-- Errors raised in PL/pgSQL would print a CONTEXT line with a line number
+-- of the install script, which changes whenever it is edited.
+\set SHOW_CONTEXT never
+TRUNCATE cache.citizen_refs, cache.processed_events;
+
+SELECT citizen_sync.create_service_roles('permits');
+-- rerun safe
+SELECT citizen_sync.create_service_roles('permits');
+SELECT rolname, rolcanlogin, rolpassword IS NULL AS no_password, rolsuper, rolcreatedb,
+       rolcreaterole, rolreplication, rolbypassrls
+  FROM pg_authid WHERE rolname LIKE 'permits\_%' ORDER BY rolname;
+-- no role is a member of another
+SELECT count(*) AS memberships FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+ WHERE r.rolname LIKE 'permits\_%';
+
+-- A citizen in the cache, applied by the extension owner.
+SELECT citizen_sync.apply_event('{"event_type": "citizen.created", "event_id": "evt_r1", "event_version": 1,
+  "data": {"citizen_id": 1, "snapshot": {"id": 1, "name": "Maria Garcia", "email": "maria@example.gov"}}}');
+
+------------------------------------------------------------------------------
+-- Service user: owns its tables, reads the cache only
+------------------------------------------------------------------------------
+SET ROLE permits_service_user;
+CREATE TABLE public.permits (
+    id         bigserial PRIMARY KEY,
+    citizen_id bigint NOT NULL,
+    kind       text NOT NULL
+);
+INSERT INTO public.permits (citizen_id, kind) VALUES (1, 'parking');
+UPDATE public.permits SET kind = 'parking (renewed)' WHERE citizen_id = 1;
+SELECT p.id, p.kind, c.name FROM public.permits p JOIN cache.citizen_refs c USING (citizen_id);
+INSERT INTO cache.citizen_refs (citizen_id, name, email) VALUES (2, 'Forged', 'forged@example.gov');
+UPDATE cache.citizen_refs SET name = 'Forged' WHERE citizen_id = 1;
+DELETE FROM cache.citizen_refs WHERE citizen_id = 1;
+TRUNCATE cache.citizen_refs;
+INSERT INTO cache.processed_events (event_id) VALUES ('evt_forged');
+SELECT citizen_sync.apply_event('{"event_type": "citizen.updated", "event_id": "evt_r2", "event_version": 2,
+  "data": {"citizen_id": 1, "snapshot": {"id": 1, "name": "Forged", "email": "forged@example.gov"}}}');
+SELECT count(*) FROM citizen_sync.outbox;
+RESET ROLE;
+SELECT tableowner FROM pg_tables WHERE schemaname = 'public' AND tablename = 'permits';
+
+------------------------------------------------------------------------------
+-- Sync user: writes the cache, cannot touch the service's tables
+------------------------------------------------------------------------------
+SET ROLE permits_sync_user;
+SELECT * FROM public.permits;
+INSERT INTO public.permits (citizen_id, kind) VALUES (1, 'forged');
+UPDATE public.permits SET kind = 'forged';
+CREATE TABLE public.sync_owned (id int);
+SELECT citizen_sync.apply_event('{"event_type": "citizen.updated", "event_id": "evt_r3", "event_version": 2,
+  "data": {"citizen_id": 1, "snapshot": {"id": 1, "name": "Maria G. Lopez", "email": "maria@example.gov"}}}');
+SELECT * FROM citizen_sync.apply_events(ARRAY[
+  '{"event_type": "citizen.created", "event_id": "evt_r4", "event_version": 1,
+    "data": {"citizen_id": 2, "snapshot": {"id": 2, "name": "John Smith", "email": "john@example.gov"}}}',
+  '{"event_type": "citizen.deleted", "event_id": "evt_r5", "event_version": 2, "data": {"citizen_id": 4}}']);
+-- direct writes to the cache are allowed (an operator's repair as the sync user)
+UPDATE cache.citizen_refs SET phone = '+1-555-0100' WHERE citizen_id = 1;
+INSERT INTO cache.citizen_refs (citizen_id, name, email, event_version)
+VALUES (3, 'Manual Entry', 'manual@example.gov', 1);
+SELECT citizen_id, name, phone, event_version, is_active FROM cache.citizen_refs ORDER BY citizen_id;
+-- deletes are soft: no DELETE on the cache
+DELETE FROM cache.citizen_refs WHERE citizen_id = 3;
+-- the source side's outbox is not the sync user's
+SELECT count(*) FROM citizen_sync.outbox;
+SELECT citizen_sync.capture('public.permits', 'permit');
+RESET ROLE;
+
+------------------------------------------------------------------------------
+-- Read-only user: reads the service's tables and the cache, writes nothing
+------------------------------------------------------------------------------
+SET ROLE permits_readonly_user;
+SELECT p.kind, c.name FROM public.permits p JOIN cache.citizen_refs c USING (citizen_id);
+SELECT count(*) FROM cache.citizen_refs;
+INSERT INTO public.permits (citizen_id, kind) VALUES (1, 'forged');
+UPDATE public.permits SET kind = 'forged';
+DELETE FROM public.permits;
+INSERT INTO cache.citizen_refs (citizen_id, name, email) VALUES (9, 'Forged', 'forged@example.gov');
+UPDATE cache.citizen_refs SET name = 'Forged';
+INSERT INTO cache.processed_events (event_id) VALUES ('evt_forged');
+CREATE TABLE public.ro_owned (id int);
+SELECT citizen_sync.apply_event('{"event_type": "citizen.updated", "event_id": "evt_r6", "event_version": 9,
+  "data": {"citizen_id": 1, "snapshot": {"id": 1, "name": "Forged", "email": "forged@example.gov"}}}');
+RESET ROLE;
+
+------------------------------------------------------------------------------
+-- A plain role: the operator functions are revoked from PUBLIC
+------------------------------------------------------------------------------
+CREATE ROLE citizen_sync_plain_role NOLOGIN;
+SET ROLE citizen_sync_plain_role;
+-- without even USAGE on the schema
+SELECT citizen_sync.apply_event('{}');
+RESET ROLE;
+-- with USAGE on the schemas, each function is still refused
+GRANT USAGE ON SCHEMA citizen_sync, cache TO citizen_sync_plain_role;
+SET ROLE citizen_sync_plain_role;
+SELECT citizen_sync.apply_event('{}');
+SELECT * FROM citizen_sync.apply_events('{}');
+SELECT citizen_sync.capture('public.permits', 'permit');
+SELECT citizen_sync.uncapture('public.permits');
+SELECT citizen_sync.create_service_roles('evil');
+SELECT count(*) FROM cache.citizen_refs;
+SELECT count(*) FROM cache.processed_events;
+SELECT count(*) FROM citizen_sync.outbox;
+SELECT count(*) FROM citizen_sync.dead_letters;
+RESET ROLE;
+SELECT count(*) AS evil_roles FROM pg_roles WHERE rolname LIKE 'evil\_%';
+
+------------------------------------------------------------------------------
+-- Invalid service names
+------------------------------------------------------------------------------
+SELECT citizen_sync.create_service_roles('Permits');
+\echo :SQLSTATE
+SELECT citizen_sync.create_service_roles('');
+SELECT citizen_sync.create_service_roles(NULL);
+SELECT citizen_sync.create_service_roles('1permits');
+SELECT citizen_sync.create_service_roles('per-mits');
+SELECT citizen_sync.create_service_roles('permits"; DROP ROLE postgres; --');
+SELECT citizen_sync.create_service_roles('a' || repeat('b', 41));
+SELECT count(*) AS roles FROM pg_roles WHERE rolname LIKE '%\_service\_user';
+
+------------------------------------------------------------------------------
+-- Clean up: roles are cluster-wide
+------------------------------------------------------------------------------
+-- One role at a time: DROP OWNED BY of a service user together with the
+-- read-only user fails in PostgreSQL 15 with "could not find tuple for
+-- default ACL" (the default privileges that the service user grants to the
+-- read-only user are dropped twice).
+DROP OWNED BY permits_readonly_user;
+DROP OWNED BY permits_sync_user;
+DROP OWNED BY permits_service_user;
+DROP OWNED BY citizen_sync_plain_role;
+DROP ROLE permits_service_user, permits_sync_user, permits_readonly_user,
+          citizen_sync_plain_role;
+SELECT count(*) AS leftover_roles FROM pg_roles
+ WHERE rolname LIKE 'permits\_%' OR rolname = 'citizen_sync_plain_role';
+SELECT to_regclass('public.permits') AS permits_table;
+TRUNCATE cache.citizen_refs, cache.processed_events;

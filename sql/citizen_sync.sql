@@ -269,8 +269,7 @@ BEGIN
       INTO args
       FROM unnest(ARRAY[aggregate_type, id_column::text] || COALESCE(columns, '{}')) AS a;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS citizen_sync_capture ON %s', source);
-    EXECUTE format('DROP TRIGGER IF EXISTS citizen_sync_no_truncate ON %s', source);
+    PERFORM @extschema@.uncapture(source);
     EXECUTE format('CREATE TRIGGER citizen_sync_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION @extschema@.capture_row(%s)', source, args);
     EXECUTE format('CREATE TRIGGER citizen_sync_no_truncate BEFORE TRUNCATE ON %s '
@@ -284,9 +283,14 @@ CREATE FUNCTION @extschema@.uncapture(source regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t name;
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS citizen_sync_capture ON %s', source);
-    EXECUTE format('DROP TRIGGER IF EXISTS citizen_sync_no_truncate ON %s', source);
+    FOR t IN SELECT tgname FROM pg_trigger
+              WHERE tgrelid = source
+                AND tgname IN ('citizen_sync_capture', 'citizen_sync_no_truncate') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t, source);
+    END LOOP;
 END
 $$;
 

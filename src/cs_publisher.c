@@ -1,0 +1,413 @@
+/*-------------------------------------------------------------------------
+ * cs_publisher.c
+ *	  The outbox publisher: citizen_sync.outbox to Kafka, nothing lost.
+ *
+ * One process, in citizen_sync.outbox_database.  Each round:
+ *
+ *	1. read up to publisher_batch_size pending rows (published_at IS NULL) in
+ *	   id order, in a short transaction;
+ *	2. produce them with librdkafka's idempotent producer (acks=all), topic
+ *	   topic_prefix || aggregate_type, key <aggregate_type>_<aggregate_id>,
+ *	   value = payload plus event_type and event_id ("evt_<id>");
+ *	3. wait for every delivery report (on the latch and the report queue);
+ *	4. mark delivered rows published, bump retry_count and last_error of the
+ *	   others, in a second short transaction.
+ *
+ * There is no "last published id" watermark: every round starts from the
+ * pending rows, so a row whose transaction committed after a higher id is
+ * still sent.  One aggregate's rows commit in version order (the capture
+ * trigger serialises them on the version counter row), so id order within an
+ * aggregate is version order, and the producer keeps it per partition.  A
+ * crash between produce and mark re-sends rows: consumers dedupe by event_id.
+ * Committing transactions wake the publisher through its latch
+ * (cs_notify.c); a periodic sweep is the safety net.  Published rows older
+ * than citizen_sync.outbox_retention are deleted in small batches.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "cs_guc.h"
+#include "cs_kafka_conf.h"
+#include "cs_shmem.h"
+#include "cs_worker.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void cs_publisher_main(Datum arg);
+
+#define FETCH_SQL \
+	"SELECT id, $1 OPERATOR(pg_catalog.||) aggregate_type," \
+	"       aggregate_type OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) aggregate_id," \
+	"       (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(" \
+	"          'event_type', aggregate_type OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) event_type," \
+	"          'event_id', 'evt_' OPERATOR(pg_catalog.||) id))::pg_catalog.text" \
+	"  FROM citizen_sync.outbox WHERE published_at IS NULL ORDER BY id LIMIT $2"
+
+#define MARK_OK_SQL \
+	"UPDATE citizen_sync.outbox SET published_at = pg_catalog.now(), last_error = NULL" \
+	" WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND published_at IS NULL"
+
+#define MARK_FAILED_SQL \
+	"UPDATE citizen_sync.outbox SET retry_count = retry_count OPERATOR(pg_catalog.+) 1, last_error = $2" \
+	" WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND published_at IS NULL"
+
+#define PURGE_SQL \
+	"DELETE FROM citizen_sync.outbox WHERE id IN (" \
+	"  SELECT id FROM citizen_sync.outbox WHERE published_at OPERATOR(pg_catalog.<)" \
+	"    (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))" \
+	"  LIMIT 10000)"
+
+/* One outbox row on its way to Kafka. */
+typedef struct OutboxRow
+{
+	int64		id;
+	char	   *topic;
+	char	   *key;
+	char	   *value;
+	bool		done;			/* delivery report received */
+	rd_kafka_resp_err_t err;
+} OutboxRow;
+
+typedef struct Publisher
+{
+	CsWorkerSlot *slot;
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *queue;
+	CsQueueWaiter waiter;
+	MemoryContext round_cxt;
+	OutboxRow  *rows;
+	int			nrows;
+	int			outstanding;
+	int			failures;		/* consecutive rounds with a failure */
+	TimestampTz next_purge_at;
+} Publisher;
+
+/* Run one SQL statement in a transaction of its own. */
+static void
+begin_tx(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "citizen_sync: SPI_connect failed");
+}
+
+static void
+end_tx(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Step 1: copy up to batch_size pending rows into p->rows. */
+static void
+fetch_step(void *arg)
+{
+	Publisher  *p = (Publisher *) arg;
+	Datum		values[2];
+	Oid			types[2] = {TEXTOID, INT4OID};
+
+	begin_tx();
+	pgstat_report_activity(STATE_RUNNING, "citizen_sync: reading the outbox");
+	values[0] = CStringGetTextDatum(cs_topic_prefix);
+	values[1] = Int32GetDatum(cs_publisher_batch_size);
+	if (SPI_execute_with_args(FETCH_SQL, 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "citizen_sync: reading the outbox failed");
+	p->nrows = (int) SPI_processed;
+	p->rows = MemoryContextAllocZero(p->round_cxt, sizeof(OutboxRow) * Max(p->nrows, 1));
+	for (int i = 0; i < p->nrows; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		p->rows[i].id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		p->rows[i].topic = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 2));
+		p->rows[i].key = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 3));
+		p->rows[i].value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
+	}
+	end_tx();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Drain delivery reports and errors from the queue without blocking. */
+static void
+drain_reports(Publisher *p)
+{
+	rd_kafka_event_t *ev;
+
+	while ((ev = rd_kafka_queue_poll(p->queue, 0)) != NULL)
+	{
+		if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DR)
+		{
+			const rd_kafka_message_t *m;
+
+			while ((m = rd_kafka_event_message_next(ev)) != NULL)
+			{
+				OutboxRow  *row = &p->rows[(intptr_t) m->_private];
+
+				row->done = true;
+				row->err = m->err;
+				p->outstanding--;
+			}
+		}
+		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_ERROR)
+		{
+			char		msg[512];
+
+			snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
+			cs_shmem_set_error(p->slot, msg);
+			ereport(LOG, (errmsg("citizen_sync: publisher: %s", msg)));
+		}
+		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
+		{
+			const char *fac,
+					   *str;
+			int			level;
+
+			if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
+				ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
+		}
+		rd_kafka_event_destroy(ev);
+	}
+}
+
+/* Step 2: hand row i to librdkafka, waiting while its queue is full. */
+static void
+produce_row(Publisher *p, int i)
+{
+	OutboxRow  *row = &p->rows[i];
+
+	for (;;)
+	{
+		rd_kafka_resp_err_t err = rd_kafka_producev(p->rk,
+													RD_KAFKA_V_TOPIC(row->topic),
+													RD_KAFKA_V_KEY(row->key, strlen(row->key)),
+													RD_KAFKA_V_VALUE(row->value, strlen(row->value)),
+													RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+													RD_KAFKA_V_OPAQUE((void *) (intptr_t) i),
+													RD_KAFKA_V_END);
+
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			p->outstanding++;
+			return;
+		}
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		{
+			row->done = true;
+			row->err = err;
+			return;
+		}
+		cs_waiter_wait(&p->waiter, 100);
+		drain_reports(p);
+	}
+}
+
+/* Step 3: wait (latch and report queue) until every row has its report. */
+static void
+await_reports(Publisher *p)
+{
+	while (p->outstanding > 0 && !cs_got_sigterm)
+	{
+		drain_reports(p);
+		if (p->outstanding == 0)
+			break;
+		cs_waiter_wait(&p->waiter, 1000);
+		cs_worker_reload_config();
+	}
+}
+
+/* Step 4: record the outcome of the round. */
+static void
+mark_step(void *arg)
+{
+	Publisher  *p = (Publisher *) arg;
+	Datum	   *ok = palloc(sizeof(Datum) * Max(p->nrows, 1));
+	Datum	   *bad = palloc(sizeof(Datum) * Max(p->nrows, 1));
+	int			nok = 0,
+				nbad = 0;
+	const char *last_err = NULL;
+
+	for (int i = 0; i < p->nrows; i++)
+	{
+		if (p->rows[i].done && p->rows[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			ok[nok++] = Int64GetDatum(p->rows[i].id);
+		else if (p->rows[i].done)
+		{
+			bad[nbad++] = Int64GetDatum(p->rows[i].id);
+			last_err = rd_kafka_err2str(p->rows[i].err);
+		}
+	}
+	begin_tx();
+	if (nok > 0)
+	{
+		Oid			t[1] = {INT8ARRAYOID};
+		Datum		v[1] = {PointerGetDatum(construct_array(ok, nok, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+
+		SPI_execute_with_args(MARK_OK_SQL, 1, t, v, NULL, false, 0);
+	}
+	if (nbad > 0)
+	{
+		Oid			t[2] = {INT8ARRAYOID, TEXTOID};
+		Datum		v[2] = {PointerGetDatum(construct_array(bad, nbad, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+		CStringGetTextDatum(last_err)};
+
+		SPI_execute_with_args(MARK_FAILED_SQL, 2, t, v, NULL, false, 0);
+	}
+	end_tx();
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	p->slot->published += nok;
+	p->slot->publish_failures += nbad;
+	p->slot->batches++;
+	p->slot->last_batch_at = GetCurrentTimestamp();
+	strlcpy(p->slot->state, nbad ? "retrying" : "running", sizeof(p->slot->state));
+	if (nbad)
+		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
+				 "delivery failed for %d row(s): %s", nbad, last_err);
+	p->slot->last_error_at = nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
+	LWLockRelease(cs_shared->lock);
+	p->failures = nbad ? p->failures + 1 : 0;
+}
+
+/* Delete published rows past the retention, a bounded chunk at a time. */
+static void
+purge_step(void *arg)
+{
+	Oid			t[1] = {FLOAT8OID};
+	Datum		v[1] = {Float8GetDatum((double) cs_outbox_retention_s)};
+
+	begin_tx();
+	SPI_execute_with_args(PURGE_SQL, 1, t, v, NULL, false, 0);
+	end_tx();
+}
+
+/* One round; returns the number of rows read. */
+static int
+publish_round(Publisher *p)
+{
+	MemoryContextReset(p->round_cxt);
+	p->nrows = 0;
+	p->outstanding = 0;
+	if (!cs_worker_try(p->slot, fetch_step, p))
+		return -1;
+	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
+		produce_row(p, i);
+	(void) rd_kafka_poll(p->rk, 0);
+	await_reports(p);
+	if (cs_got_sigterm)
+		return 0;
+	if (p->nrows > 0 && !cs_worker_try(p->slot, mark_step, p))
+		return -1;
+	return p->nrows;
+}
+
+static void
+kafka_start(Publisher *p)
+{
+	char		errstr[512];
+	rd_kafka_conf_t *conf = cs_kafka_conf_new("citizen_sync-publisher");
+
+	cs_kafka_conf_set(conf, "enable.idempotence", "true");
+	cs_kafka_conf_set(conf, "acks", "all");
+	cs_kafka_conf_set(conf, "linger.ms", "2");
+	cs_kafka_conf_set(conf, "message.timeout.ms", "30000");
+	cs_kafka_conf_set(conf, "log.queue", "true");
+	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
+	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (p->rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("citizen_sync: could not create a Kafka producer: %s", errstr)));
+	p->queue = rd_kafka_queue_get_main(p->rk);
+	rd_kafka_set_log_queue(p->rk, NULL);
+	cs_waiter_init(&p->waiter, p->queue);
+}
+
+static bool
+extension_ready(void)
+{
+	bool		ok;
+
+	StartTransactionCommand();
+	ok = OidIsValid(get_extension_oid("citizen_sync", true));
+	CommitTransactionCommand();
+	return ok;
+}
+
+/* Idle until woken by a commit, the sweep interval or a retry backoff. */
+static void
+idle(Publisher *p, int rows_read)
+{
+	long		timeout;
+
+	if (rows_read >= cs_publisher_batch_size)
+		return;					/* more is waiting */
+	if (p->failures > 0 || rows_read < 0)
+		timeout = Min(100L << Min(p->failures, 10), cs_restart_delay_s * 1000L);
+	else
+		timeout = cs_publisher_sweep_ms;
+	cs_waiter_wait(&p->waiter, timeout);
+	drain_reports(p);
+}
+
+void
+cs_publisher_main(Datum arg)
+{
+	Publisher	p;
+	bool		warned = false;
+
+	memset(&p, 0, sizeof(p));
+	cs_worker_setup_signals();
+	p.slot = cs_shmem_attach(DatumGetInt32(arg));
+	BackgroundWorkerInitializeConnection(p.slot->database, NULL, 0);
+	pgstat_report_appname("citizen_sync publisher");
+	while (!cs_got_sigterm && !extension_ready())
+	{
+		cs_shmem_set_state(p.slot, "waiting");
+		cs_shmem_set_error(p.slot, "extension citizen_sync is not installed in the outbox database");
+		if (!warned)
+			ereport(WARNING,
+					(errmsg("citizen_sync: extension citizen_sync is not installed in database \"%s\"",
+							p.slot->database),
+					 errhint("Run CREATE EXTENSION citizen_sync there, or change citizen_sync.outbox_database.")));
+		warned = true;
+		cs_worker_sleep(cs_restart_delay_s * 1000L);
+		cs_worker_reload_config();
+	}
+	p.round_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher round",
+										ALLOCSET_DEFAULT_SIZES);
+	kafka_start(&p);
+	cs_shmem_set_state(p.slot, "running");
+	while (!cs_got_sigterm)
+	{
+		int			n = publish_round(&p);
+
+		if (GetCurrentTimestamp() >= p.next_purge_at)
+		{
+			cs_worker_try(p.slot, purge_step, &p);
+			p.next_purge_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000);
+		}
+		idle(&p, n);
+		cs_worker_reload_config();
+	}
+	rd_kafka_purge(p.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	cs_waiter_close(&p.waiter);
+	rd_kafka_queue_destroy(p.queue);
+	rd_kafka_destroy(p.rk);
+	proc_exit(0);
+}

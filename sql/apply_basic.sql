@@ -219,7 +219,11 @@ SELECT * FROM state_one ORDER BY citizen_id;
 -- newest one and reported stale), the final state may not.
 TRUNCATE cache.citizen_refs, cache.processed_events;
 SELECT count(*) FROM pg_temp.one_by_one('base');
-SELECT * FROM citizen_sync.apply_events(ARRAY(SELECT payload FROM batch ORDER BY ord));
+-- (Labels of 18-22, the events before a delete, are left out: whether a
+-- superseded event that still gives a deleted row its fields is reported
+-- stale or applied is not part of the contract.)
+SELECT * FROM citizen_sync.apply_events(ARRAY(SELECT payload FROM batch ORDER BY ord))
+ WHERE ordinality <= 17 OR result = 'deleted';
 SELECT * FROM cached ORDER BY citizen_id;
 
 -- Same cache rows and same processed event ids, in both directions.

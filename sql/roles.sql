@@ -73,6 +73,12 @@ DELETE FROM cache.citizen_refs WHERE citizen_id = 3;
 -- the source side's outbox is not the sync user's
 SELECT count(*) FROM citizen_sync.outbox;
 SELECT citizen_sync.capture('public.permits', 'permit');
+-- Kafka credentials are superuser-only settings, never shown to others
+SHOW citizen_sync.kafka_properties;
+SELECT count(*) AS visible FROM pg_settings WHERE name = 'citizen_sync.kafka_properties';
+SELECT current_setting('citizen_sync.kafka_properties');
+-- and only a superuser changes the event size limit
+SET citizen_sync.max_event_size = '64MB';
 RESET ROLE;
 
 ------------------------------------------------------------------------------

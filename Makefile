@@ -3,7 +3,8 @@
 #   make                 build the extension library
 #   make install         install it into the server found by pg_config
 #   make installcheck    pg_regress suites on a temporary, preloaded instance
-#   make prove_installcheck   TAP tests (test/t) against the installed build
+#   make installcheck    also runs the TAP tests in test/t (prove)
+#   test/run_all.sh      everything, as CI does (installs what it needs)
 
 EXTENSION    = citizen_sync
 EXTVERSION   = 0.1.0
@@ -17,6 +18,10 @@ REGRESS      = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/$(EXTENSION)%,$(wi
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=test/citizen_sync_regress.conf \
                --load-extension=$(EXTENSION)
 TAP_TESTS    = 1
+PROVE_TESTS  = test/t/*.pl
+PROVE_FLAGS  = -I $(srcdir)/test/perl
+ENCODING     = UTF8
+NO_LOCALE    = 1
 
 PG_CONFIG   ?= pg_config
 PKG_CONFIG  ?= pkg-config

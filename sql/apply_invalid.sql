@@ -292,3 +292,11 @@ SELECT citizen_id, name, email, city FROM cache.citizen_refs WHERE citizen_id BE
 SELECT count(*) FROM cache.citizen_refs;
 
 TRUNCATE cache.citizen_refs, cache.processed_events;
+
+-- top-level values that are JSON but not an object
+SELECT citizen_sync.apply_event('42');
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event('null');
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event('"citizen.created"');
+\echo :SQLSTATE

@@ -219,7 +219,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE EXCEPTION 'cannot truncate %, its changes are captured by citizen_sync', TG_TABLE_NAME::regclass
+    RAISE EXCEPTION 'cannot truncate %, its changes are captured by citizen_sync', TG_RELID::regclass
         USING ERRCODE = 'feature_not_supported',
               HINT = 'Use DELETE so that every removal is published, or drop the capture first with citizen_sync.uncapture().';
 END

@@ -103,12 +103,9 @@ cmp_by_event_id(const void *a, const void *b, void *arg)
 	return c != 0 ? c : (ia > ib) - (ia < ib);
 }
 
-/*
- * Sort helper: by citizen, newest version first; among equal versions the
- * earliest in the stream first (a later equal version would be stale).
- */
+/* Sort helper: by citizen, then stream position. */
 static int
-cmp_by_citizen_newest(const void *a, const void *b, void *arg)
+cmp_by_citizen_stream(const void *a, const void *b, void *arg)
 {
 	const CsEvent *ev = (const CsEvent *) arg;
 	int			ia = *(const int *) a;
@@ -116,8 +113,6 @@ cmp_by_citizen_newest(const void *a, const void *b, void *arg)
 
 	if (ev[ia].citizen_id != ev[ib].citizen_id)
 		return ev[ia].citizen_id < ev[ib].citizen_id ? -1 : 1;
-	if (ev[ia].version != ev[ib].version)
-		return ev[ia].version > ev[ib].version ? -1 : 1;
 	return (ia > ib) - (ia < ib);
 }
 
@@ -272,11 +267,11 @@ find_winner(const CsEvent *events, const int *win, int n, int64 citizen_id)
 }
 
 /*
- * Upsert the newest new event of each citizen; the rows the version guard
- * lets through become APPLIED or DELETED, the rest stay STALE.
+ * Upsert one event per citizen (win[0..n), sorted by citizen_id); the rows
+ * the version guard lets through become APPLIED or DELETED.
  */
 static void
-upsert_newest(const CsEvent *events, CsApplyResult *results, int *idx, int n)
+run_upsert(const CsEvent *events, CsApplyResult *results, const int *win, int n)
 {
 	static Oid	argtypes[UPSERT_NARGS] = {
 		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
@@ -284,13 +279,10 @@ upsert_newest(const CsEvent *events, CsApplyResult *results, int *idx, int n)
 	BOOLARRAYOID};
 	UpsertColumns cols;
 	SPIPlanPtr	plan;
-	int			nwin = 0;
 
-	qsort_arg(idx, n, sizeof(int), cmp_by_citizen_newest, (void *) events);
-	for (int k = 0; k < n; k++)
-		if (nwin == 0 || events[idx[k]].citizen_id != events[idx[nwin - 1]].citizen_id)
-			idx[nwin++] = idx[k];
-	build_upsert_columns(events, idx, nwin, &cols);
+	if (n == 0)
+		return;
+	build_upsert_columns(events, win, n, &cols);
 	plan = prepare_once(&upsert_plan, UPSERT_SQL, UPSERT_NARGS, argtypes);
 	if (SPI_execute_plan(plan, cols.values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "citizen_sync: cache upsert failed");
@@ -299,14 +291,58 @@ upsert_newest(const CsEvent *events, CsApplyResult *results, int *idx, int n)
 		bool		isnull;
 		int64		cid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 													  SPI_tuptable->tupdesc, 1, &isnull));
-		int			w = find_winner(events, idx, nwin, cid);
+		int			w = find_winner(events, win, n, cid);
 
 		if (w < 0)
 			elog(ERROR, "citizen_sync: upsert returned unknown citizen " INT64_FORMAT, cid);
-		results[idx[w]] = events[idx[w]].type == CS_EVENT_DELETED
+		results[win[w]] = events[win[w]].type == CS_EVENT_DELETED
 			? CS_RESULT_DELETED : CS_RESULT_APPLIED;
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Apply the new events idx[0..n) citizen by citizen, with the outcome of
+ * applying them one by one in stream order.  Only a citizen's "record"
+ * events can take effect: those with a version above every earlier event of
+ * the batch.  The last record (the newest version) is the winner.  When the
+ * winner is a delete, which keeps the cached fields, the last create/update
+ * record before it is applied first (one more statement, only for such
+ * batches).  The version guard decides against the cached version.  Every
+ * other event stays STALE.
+ */
+static void
+upsert_newest(const CsEvent *events, CsApplyResult *results, int *idx, int n)
+{
+	int		   *before_delete = palloc(sizeof(int) * n);
+	int			nwin = 0,
+				nbefore = 0;
+
+	qsort_arg(idx, n, sizeof(int), cmp_by_citizen_stream, (void *) events);
+	for (int k = 0; k < n;)
+	{
+		int			winner = idx[k];
+		int			last_update = -1;
+		int			end = k;
+
+		for (; end < n && events[idx[end]].citizen_id == events[winner].citizen_id; end++)
+		{
+			const CsEvent *ev = &events[idx[end]];
+
+			if (end > k && ev->version <= events[winner].version)
+				continue;		/* not a record: stale whatever the cache holds */
+			if (events[winner].type != CS_EVENT_DELETED && end > k)
+				last_update = winner;
+			winner = idx[end];
+		}
+		if (events[winner].type == CS_EVENT_DELETED && last_update >= 0)
+			before_delete[nbefore++] = last_update;
+		idx[nwin++] = winner;
+		k = end;
+	}
+	run_upsert(events, results, before_delete, nbefore);
+	run_upsert(events, results, idx, nwin);
+	pfree(before_delete);
 }
 
 void

@@ -265,13 +265,36 @@ parse_data(json_object *root, CsEvent *ev, CsEventError *err)
 	return parse_snapshot(snap, ev, err);
 }
 
-/* Tokenize raw bytes into a JSON object, or explain why not. */
+/*
+ * Run the tokenizer over raw; a value that only ends at end of input (a bare
+ * number) is finished with a NUL.  Returns the value or NULL, with *jerr set
+ * and *trailing true when bytes follow the value.
+ */
+static json_object *
+tokenize_all(json_tokener *tok, const char *raw, size_t len,
+			 enum json_tokener_error *jerr, bool *trailing)
+{
+	json_object *root = json_tokener_parse_ex(tok, raw, (int) len);
+
+	*jerr = json_tokener_get_error(tok);
+	*trailing = (root != NULL && *jerr == json_tokener_success &&
+				 json_tokener_get_parse_end(tok) < len);
+	if (root == NULL && *jerr == json_tokener_continue)
+	{
+		root = json_tokener_parse_ex(tok, "", 1);
+		*jerr = json_tokener_get_error(tok);
+	}
+	return root;
+}
+
+/* Tokenize raw bytes into a JSON value, or explain why not. */
 static json_object *
 tokenize(const char *raw, size_t len, CsEventError *err)
 {
 	json_tokener *tok;
 	json_object *root;
 	enum json_tokener_error jerr;
+	bool		trailing;
 
 	tok = json_tokener_new_ex(CS_MAX_EVENT_DEPTH);
 	if (tok == NULL)
@@ -280,30 +303,26 @@ tokenize(const char *raw, size_t len, CsEventError *err)
 		return NULL;
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-	root = json_tokener_parse_ex(tok, raw, (int) len);
-	jerr = json_tokener_get_error(tok);
-	if (root != NULL && jerr == json_tokener_success &&
-		json_tokener_get_parse_end(tok) < len)
-	{
-		json_object_put(root);
-		root = NULL;
+	root = tokenize_all(tok, raw, len, &jerr, &trailing);
+	if (trailing)
 		fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
 			 "Unexpected data after the JSON value at byte %zu.",
 			 json_tokener_get_parse_end(tok));
-	}
+	else if (jerr == json_tokener_error_depth)
+		fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, NULL,
+			 "The event is nested deeper than %d levels.", CS_MAX_EVENT_DEPTH);
+	else if (root == NULL && jerr == json_tokener_success)
+		fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
+			 "The event must be a JSON object, not null.");
 	else if (root == NULL || jerr != json_tokener_success)
+		fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
+			 "The event is not valid JSON: %s.",
+			 jerr == json_tokener_continue ? "unexpected end of input"
+			 : json_tokener_error_desc(jerr));
+	if (root != NULL && (trailing || jerr != json_tokener_success))
 	{
-		if (root)
-			json_object_put(root);
+		json_object_put(root);
 		root = NULL;
-		if (jerr == json_tokener_error_depth)
-			fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, NULL,
-				 "The event is nested deeper than %d levels.", CS_MAX_EVENT_DEPTH);
-		else
-			fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
-				 "The event is not valid JSON: %s.",
-				 jerr == json_tokener_continue ? "unexpected end of input"
-				 : json_tokener_error_desc(jerr));
 	}
 	json_tokener_free(tok);
 	return root;

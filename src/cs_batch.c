@@ -118,7 +118,21 @@ apply_isolated(const CsMessage *msgs, const CsEvent *events, int n,
 	}
 }
 
-/* Tally outcomes and the sync latency of applied events. */
+/* Histogram bucket of a latency in ms. */
+static int
+latency_bucket(double ms)
+{
+	int			b = 0;
+
+	while (b < CS_LATENCY_BUCKETS - 1 && ms > cs_latency_bounds_ms[b])
+		b++;
+	return b;
+}
+
+/*
+ * Tally outcomes and the sync latency (event_timestamp to now, at the end of
+ * the apply, just before commit) of the events that changed the cache.
+ */
 static void
 tally(const CsEvent *events, const CsApplyResult *results, int n,
 	  CsBatchOutcome *outcome)
@@ -127,18 +141,18 @@ tally(const CsEvent *events, const CsApplyResult *results, int n,
 
 	for (int i = 0; i < n; i++)
 	{
+		double		ms;
+
 		if (results[i] == CS_RESULT_INVALID)
 			continue;
 		outcome->results[results[i]]++;
-		if (!events[i].has_timestamp)
+		if (!events[i].has_timestamp ||
+			(results[i] != CS_RESULT_APPLIED && results[i] != CS_RESULT_DELETED))
 			continue;
-		if (events[i].timestamp > outcome->newest_event_ts)
-			outcome->newest_event_ts = events[i].timestamp;
-		if (results[i] == CS_RESULT_APPLIED || results[i] == CS_RESULT_DELETED)
-		{
-			outcome->sum_latency_ms += (double) (now - events[i].timestamp) / 1000.0;
-			outcome->latency_samples++;
-		}
+		ms = Max(0.0, (double) (now - events[i].timestamp) / 1000.0);
+		outcome->latency_buckets[latency_bucket(ms)]++;
+		outcome->latency_count++;
+		outcome->latency_sum_ms += ms;
 	}
 }
 

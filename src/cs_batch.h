@@ -11,6 +11,7 @@
 #define CS_BATCH_H
 
 #include "cs_apply.h"
+#include "cs_shmem.h"
 
 /* A message as the worker hands it over; bytes are owned by librdkafka. */
 typedef struct CsMessage
@@ -29,9 +30,9 @@ typedef struct CsBatchOutcome
 {
 	int64		results[CS_RESULT_COUNT];
 	int64		dead_lettered;
-	TimestampTz newest_event_ts;	/* latest event_timestamp seen, 0 if none */
-	double		sum_latency_ms;		/* sum over applied events of now - event_timestamp */
-	int64		latency_samples;
+	int64		latency_buckets[CS_LATENCY_BUCKETS];	/* applied events by sync latency */
+	int64		latency_count;
+	double		latency_sum_ms;
 } CsBatchOutcome;
 
 /*

@@ -24,6 +24,7 @@
 #include "cs_batch.h"
 #include "cs_config.h"
 #include "cs_guc.h"
+#include "cs_housekeeping.h"
 #include "cs_kafka_conf.h"
 #include "cs_offsets.h"
 #include "cs_shmem.h"
@@ -58,6 +59,9 @@ typedef struct Consumer
 	TimestampTz first_at;
 	int			failures;		/* consecutive failed attempts of this batch */
 	TimestampTz retry_at;
+	bool		kafka_trouble;	/* an error was reported; not sure we are caught up */
+	TimestampTz next_probe_at;
+	TimestampTz next_housekeeping_at;
 } Consumer;
 
 /*
@@ -218,6 +222,10 @@ slot_count(Consumer *c, const CsBatchOutcome *o, double ms)
 	for (int r = 0; r < CS_RESULT_COUNT; r++)
 		c->slot->results[r] += o->results[r];
 	c->slot->dead_lettered += o->dead_lettered;
+	for (int b = 0; b < CS_LATENCY_BUCKETS; b++)
+		c->slot->latency_buckets[b] += o->latency_buckets[b];
+	c->slot->latency_count += o->latency_count;
+	c->slot->latency_sum_ms += o->latency_sum_ms;
 	c->slot->batches++;
 	c->slot->last_batch_at = GetCurrentTimestamp();
 	c->slot->last_batch_ms = ms;
@@ -337,6 +345,7 @@ take_fetch(Consumer *c, rd_kafka_event_t *ev)
 		msg->partition = m->partition;
 		msg->offset = m->offset;
 		kept = true;
+		c->kafka_trouble = false;
 		if (c->nmsgs == 1)
 			c->first_at = GetCurrentTimestamp();
 	}
@@ -437,6 +446,7 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 
 				snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
 				cs_shmem_set_error(c->slot, msg);
+				c->kafka_trouble = true;
 				ereport(rd_kafka_event_error_is_fatal(ev) ? ERROR : LOG,
 						(errmsg("citizen_sync: %s", msg)));
 			}
@@ -535,6 +545,84 @@ kafka_stop(Consumer *c)
 	c->rk = NULL;
 }
 
+/*
+ * After a Kafka error, ask a broker for a partition's end (bounded by a short
+ * timeout) to learn whether the connection is back.
+ */
+static void
+probe_kafka(Consumer *c)
+{
+	int64_t		lo,
+				hi;
+	char		topic[CS_TOPIC_LEN];
+	int32		partition;
+
+	if (c->slot->npartitions == 0)
+		return;
+	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	strlcpy(topic, c->slot->partitions[0].topic, sizeof(topic));
+	partition = c->slot->partitions[0].partition;
+	LWLockRelease(cs_shared->lock);
+	if (rd_kafka_query_watermark_offsets(c->rk, topic, partition, &lo, &hi, 200) ==
+		RD_KAFKA_RESP_ERR_NO_ERROR)
+		c->kafka_trouble = false;
+}
+
+/*
+ * Nothing is left to read as far as we know: record it, so that readers can
+ * tell how fresh the cache is (citizen_sync.cache_fresh_as_of()).
+ */
+static void
+note_caught_up(Consumer *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		lagging = false;
+
+	if (c->nmsgs > 0 || rd_kafka_queue_length(c->queue) > 0 || c->slot->npartitions == 0)
+		return;
+	if (c->kafka_trouble && now >= c->next_probe_at)
+	{
+		probe_kafka(c);
+		c->next_probe_at = TimestampTzPlusMilliseconds(now, 1000);
+	}
+	if (c->kafka_trouble)
+		return;
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < c->slot->npartitions; i++)
+	{
+		CsPartitionState *p = &c->slot->partitions[i];
+		int64_t		lo,
+					hi;
+
+		if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			p->high_watermark = hi;
+		if (p->high_watermark < 0 || p->high_watermark > p->next_offset)
+			lagging = true;
+	}
+	if (!lagging)
+		c->slot->caught_up_at = now;
+	LWLockRelease(cs_shared->lock);
+}
+
+static void
+housekeeping_step(void *arg)
+{
+	cs_housekeeping_run(200);
+}
+
+/* Retention between batches, once a minute. */
+static void
+maybe_housekeeping(Consumer *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (c->nmsgs > 0 || now < c->next_housekeeping_at)
+		return;
+	c->next_housekeeping_at = TimestampTzPlusMilliseconds(now, 60000);
+	(void) cs_worker_try(c->slot, housekeeping_step, NULL);
+}
+
 static void
 consume_loop(Consumer *c)
 {
@@ -547,6 +635,8 @@ consume_loop(Consumer *c)
 			drain_queue(c);
 		if (batch_due(c))
 			flush_batch(c);
+		note_caught_up(c);
+		maybe_housekeeping(c);
 	}
 }
 

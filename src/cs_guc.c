@@ -30,6 +30,8 @@ int			cs_restart_delay_s = 5;
 int			cs_publisher_batch_size = 1000;
 int			cs_publisher_sweep_ms = 1000;
 int			cs_outbox_retention_s = 7 * 24 * 3600;
+int			cs_processed_events_retention_s = 7 * 24 * 3600;
+int			cs_dead_letter_retention_s = 30 * 24 * 3600;
 
 static bool
 check_databases(char **newval, void **extra, GucSource source)
@@ -144,6 +146,14 @@ define_kafka_gucs(void)
 							"Longest time a consumer waits to fill a batch once it holds one event.",
 							NULL, &cs_batch_wait_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.processed_events_retention",
+							"How long event ids are kept in cache.processed_events (0 = forever).",
+							NULL, &cs_processed_events_retention_s, 7 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.dead_letter_retention",
+							"How long resolved dead letters are kept (0 = forever); unresolved ones are never removed automatically.",
+							NULL, &cs_dead_letter_retention_s, 30 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.restart_delay",
 							"Longest delay before the launcher restarts a failed worker (backoff doubles up to it).",
 							NULL, &cs_restart_delay_s, 5, 1, 3600, PGC_SIGHUP, GUC_UNIT_S,

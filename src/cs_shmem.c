@@ -9,6 +9,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "cs_shmem.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -17,6 +19,11 @@
 #include "utils/timestamp.h"
 
 CsShared   *cs_shared = NULL;
+
+const double cs_latency_bounds_ms[CS_LATENCY_BUCKETS] = {
+	1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000,
+	INFINITY
+};
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;

@@ -23,6 +23,10 @@
 #define CS_MAX_PARTITIONS	64
 #define CS_TOPIC_LEN		250
 
+/* Sync latency histogram (event_timestamp -> applied), upper bounds in ms. */
+#define CS_LATENCY_BUCKETS	16
+extern const double cs_latency_bounds_ms[CS_LATENCY_BUCKETS];	/* last = +Inf */
+
 typedef enum CsWorkerKind
 {
 	CS_WORKER_NONE = 0,
@@ -58,6 +62,10 @@ typedef struct CsWorkerSlot
 	int64		publish_failures;
 	TimestampTz last_batch_at;
 	double		last_batch_ms;
+	int64		latency_buckets[CS_LATENCY_BUCKETS];	/* non-cumulative */
+	int64		latency_count;
+	double		latency_sum_ms;
+	TimestampTz caught_up_at;	/* last time the consumer had nothing left to read */
 	char		last_error[512];
 	TimestampTz last_error_at;
 	int			npartitions;

@@ -152,3 +152,66 @@ citizen_sync_partition_stats(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_VOID();
 }
+
+PG_FUNCTION_INFO_V1(citizen_sync_latency_histogram);
+PG_FUNCTION_INFO_V1(citizen_sync_fresh_as_of);
+
+/*
+ * citizen_sync.latency_histogram_raw(): per consumer, the cumulative sync
+ * latency histogram (Prometheus style: le = upper bound in ms, +Inf last).
+ */
+Datum
+citizen_sync_latency_histogram(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CsWorkerSlot *slots;
+
+	InitMaterializedSRF(fcinfo, 0);
+	slots = snapshot_slots();
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		int64		cumulative = 0;
+
+		if (slots[i].kind != CS_WORKER_CONSUMER)
+			continue;
+		for (int b = 0; b < CS_LATENCY_BUCKETS; b++)
+		{
+			Datum		v[5];
+			bool		n[5] = {false, false, false, false, false};
+
+			cumulative += slots[i].latency_buckets[b];
+			v[0] = CStringGetTextDatum(slots[i].database);
+			v[1] = Float8GetDatum(cs_latency_bounds_ms[b]);
+			v[2] = Int64GetDatum(cumulative);
+			v[3] = Int64GetDatum(slots[i].latency_count);
+			v[4] = Float8GetDatum(slots[i].latency_sum_ms);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+		}
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * citizen_sync.fresh_as_of(database name): the last time the consumer of that
+ * database had applied everything Kafka held, or NULL if unknown (no
+ * consumer, never caught up, or Kafka unreachable since).
+ */
+Datum
+citizen_sync_fresh_as_of(PG_FUNCTION_ARGS)
+{
+	const char *db = NameStr(*PG_GETARG_NAME(0));
+	TimestampTz ts = 0;
+
+	if (cs_shared == NULL)
+		PG_RETURN_NULL();
+	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+		if (cs_shared->slots[i].kind == CS_WORKER_CONSUMER &&
+			cs_shared->slots[i].pid != 0 &&
+			strcmp(cs_shared->slots[i].database, db) == 0)
+			ts = cs_shared->slots[i].caught_up_at;
+	LWLockRelease(cs_shared->lock);
+	if (ts == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(ts);
+}

@@ -17,6 +17,7 @@
 #include "cs_batch.h"
 #include "cs_dead_letter.h"
 #include "cs_offsets.h"
+#include "cs_worker.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/memutils.h"
@@ -165,12 +166,7 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	ErrorData  *edata;
 
 	memset(outcome, 0, sizeof(*outcome));
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "citizen_sync: SPI_connect failed");
-	pgstat_report_activity(STATE_RUNNING, "citizen_sync: applying a batch");
+	cs_tx_begin("citizen_sync: applying a batch");
 
 	events = palloc0(sizeof(CsEvent) * n);
 	results = palloc(sizeof(CsApplyResult) * n);
@@ -187,8 +183,5 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	tally(events, results, n, outcome);
 	cs_offsets_store(group_id, msgs, n);
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	cs_tx_commit();
 }

@@ -452,14 +452,7 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 			}
 			break;
 		case RD_KAFKA_EVENT_LOG:
-			{
-				const char *fac,
-						   *str;
-				int			level;
-
-				if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
-					ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
-			}
+			cs_worker_log_kafka(ev);
 			break;
 		default:
 			break;

@@ -15,6 +15,7 @@
 #include "catalog/pg_type.h"
 #include "cs_guc.h"
 #include "cs_housekeeping.h"
+#include "cs_worker.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/snapmgr.h"
@@ -44,18 +45,11 @@ delete_chunk(const char *sql, int retention_s)
 	Datum		values[1] = {Float8GetDatum((double) retention_s)};
 	uint64		n;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	pgstat_report_activity(STATE_RUNNING, "citizen_sync: retention");
+	cs_tx_begin("citizen_sync: retention");
 	if (SPI_execute_with_args(sql, 1, types, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "citizen_sync: retention delete failed");
 	n = SPI_processed;
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	cs_tx_commit();
 	return n;
 }
 

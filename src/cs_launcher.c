@@ -232,12 +232,27 @@ restart_all_if_settings_changed(void)
 	pfree(fp);
 }
 
+/*
+ * SIGUSR1 comes from the postmaster when a worker we started changes state
+ * (bgw_notify_pid).  A worker without a database connection gets a handler
+ * that only interrupts a wait; set the latch so that the wait returns.
+ */
+static void
+handle_sigusr1(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
 void
 cs_launcher_main(Datum arg)
 {
 	LaunchState *want = MemoryContextAllocZero(TopMemoryContext,
 											   sizeof(LaunchState) * CS_MAX_WORKERS);
 
+	pqsignal(SIGUSR1, handle_sigusr1);
 	cs_worker_setup_signals();
 	pgstat_report_appname("citizen_sync launcher");
 	restart_all_if_settings_changed();

@@ -11,6 +11,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "cs_offsets.h"
+#include "cs_worker.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -122,11 +123,7 @@ cs_offsets_load(const char *group_id, rd_kafka_topic_partition_list_t *parts)
 	static Oid	argtypes[1] = {TEXTOID};
 	Datum		arg;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "citizen_sync: SPI_connect failed");
+	cs_tx_begin("citizen_sync: reading stored offsets");
 	arg = CStringGetTextDatum(group_id);
 	if (SPI_execute_plan(keep_plan(&load_plan, LOAD_SQL, 1, argtypes),
 						 &arg, NULL, true, 0) != SPI_OK_SELECT)
@@ -137,7 +134,5 @@ cs_offsets_load(const char *group_id, rd_kafka_topic_partition_list_t *parts)
 
 		parts->elems[i].offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	cs_tx_commit();
 }

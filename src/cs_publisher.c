@@ -93,25 +93,6 @@ typedef struct Publisher
 	TimestampTz next_purge_at;
 } Publisher;
 
-/* Run one SQL statement in a transaction of its own. */
-static void
-begin_tx(void)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "citizen_sync: SPI_connect failed");
-}
-
-static void
-end_tx(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-}
-
 /* Step 1: copy up to batch_size pending rows into p->rows. */
 static void
 fetch_step(void *arg)
@@ -120,8 +101,7 @@ fetch_step(void *arg)
 	Datum		values[2];
 	Oid			types[2] = {TEXTOID, INT4OID};
 
-	begin_tx();
-	pgstat_report_activity(STATE_RUNNING, "citizen_sync: reading the outbox");
+	cs_tx_begin("citizen_sync: reading the outbox");
 	values[0] = CStringGetTextDatum(cs_topic_prefix);
 	values[1] = Int32GetDatum(cs_publisher_batch_size);
 	if (SPI_execute_with_args(FETCH_SQL, 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -139,8 +119,7 @@ fetch_step(void *arg)
 		p->rows[i].key = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 3));
 		p->rows[i].value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
 	}
-	end_tx();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	cs_tx_commit();
 }
 
 /* Drain delivery reports and errors from the queue without blocking. */
@@ -173,14 +152,7 @@ drain_reports(Publisher *p)
 			ereport(LOG, (errmsg("citizen_sync: publisher: %s", msg)));
 		}
 		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
-		{
-			const char *fac,
-					   *str;
-			int			level;
-
-			if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
-				ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
-		}
+			cs_worker_log_kafka(ev);
 		rd_kafka_event_destroy(ev);
 	}
 }
@@ -252,7 +224,7 @@ mark_step(void *arg)
 			last_err = rd_kafka_err2str(p->rows[i].err);
 		}
 	}
-	begin_tx();
+	cs_tx_begin("citizen_sync: marking published rows");
 	if (nok > 0)
 	{
 		Oid			t[1] = {INT8ARRAYOID};
@@ -268,7 +240,7 @@ mark_step(void *arg)
 
 		SPI_execute_with_args(MARK_FAILED_SQL, 2, t, v, NULL, false, 0);
 	}
-	end_tx();
+	cs_tx_commit();
 
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 	p->slot->published += nok;
@@ -291,9 +263,9 @@ purge_step(void *arg)
 	Oid			t[1] = {FLOAT8OID};
 	Datum		v[1] = {Float8GetDatum((double) cs_outbox_retention_s)};
 
-	begin_tx();
+	cs_tx_begin("citizen_sync: outbox retention");
 	SPI_execute_with_args(PURGE_SQL, 1, t, v, NULL, false, 0);
-	end_tx();
+	cs_tx_commit();
 }
 
 /* One round; returns the number of rows read. */

@@ -14,6 +14,7 @@
 
 #include "access/xact.h"
 #include "cs_worker.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -21,6 +22,7 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
 volatile sig_atomic_t cs_got_sigterm = false;
@@ -137,4 +139,35 @@ cs_worker_sleep(long ms)
 					 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
+}
+
+void
+cs_tx_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "citizen_sync: SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void
+cs_tx_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+void
+cs_worker_log_kafka(rd_kafka_event_t *ev)
+{
+	const char *fac,
+			   *str;
+	int			level;
+
+	if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
+		ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
 }

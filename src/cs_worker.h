@@ -46,6 +46,16 @@ extern void cs_waiter_close(CsQueueWaiter *w);
  */
 extern bool cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg);
 
+/*
+ * Start a transaction with a snapshot and an SPI connection, reporting
+ * activity in pg_stat_activity; cs_tx_commit() undoes it all and commits.
+ */
+extern void cs_tx_begin(const char *activity);
+extern void cs_tx_commit(void);
+
+/* Report a librdkafka log event of warning level or worse in the server log. */
+extern void cs_worker_log_kafka(rd_kafka_event_t *ev);
+
 /* Sleep on the latch (interruptible by SIGTERM/SIGHUP) for up to ms. */
 extern void cs_worker_sleep(long ms);
 

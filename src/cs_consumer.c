@@ -129,6 +129,14 @@ wait_for_prerequisites(Consumer *c)
 		cs_shmem_set_error(c->slot, "");
 }
 
+/* Tunable consumer defaults; citizen_sync.kafka_properties may override them. */
+static const char *const consumer_defaults[] = {
+	"auto.offset.reset", "earliest",	/* used only when a group has no offset at all */
+	"queued.max.messages.kbytes", "16384",	/* bounded prefetch: 16 MB */
+	"fetch.wait.max.ms", "20",		/* latency over broker round trips */
+	NULL
+};
+
 /* Create the librdkafka consumer, subscribed to citizen_sync.topics. */
 static void
 kafka_start(Consumer *c)
@@ -141,14 +149,12 @@ kafka_start(Consumer *c)
 	rd_kafka_topic_partition_list_t *sub;
 
 	snprintf(client_id, sizeof(client_id), "citizen_sync-%s", c->database);
-	conf = cs_kafka_conf_new(client_id);
+	conf = cs_kafka_conf_new(client_id, consumer_defaults);
+	/* what exactly-once and bounded memory depend on: not overridable */
 	cs_kafka_conf_set(conf, "group.id", c->group_id);
 	cs_kafka_conf_set(conf, "enable.auto.commit", "false");
 	cs_kafka_conf_set(conf, "enable.auto.offset.store", "false");
-	cs_kafka_conf_set(conf, "auto.offset.reset", "earliest");
 	cs_kafka_conf_set(conf, "enable.partition.eof", "false");
-	cs_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384");
-	cs_kafka_conf_set(conf, "fetch.wait.max.ms", "20");
 	cs_kafka_conf_set(conf, "log.queue", "true");
 	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_ERROR |
 							 RD_KAFKA_EVENT_LOG | RD_KAFKA_EVENT_OFFSET_COMMIT);

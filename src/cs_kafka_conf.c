@@ -104,13 +104,15 @@ cs_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 }
 
 rd_kafka_conf_t *
-cs_kafka_conf_new(const char *client_id)
+cs_kafka_conf_new(const char *client_id, const char *const *defaults)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errbuf[512];
 
 	cs_kafka_conf_set(conf, "bootstrap.servers", cs_brokers);
 	cs_kafka_conf_set(conf, "client.id", client_id);
+	for (int i = 0; defaults && defaults[i] != NULL; i += 2)
+		cs_kafka_conf_set(conf, defaults[i], defaults[i + 1]);
 	if (!cs_kafka_conf_apply_properties(conf, cs_kafka_properties, errbuf, sizeof(errbuf)))
 	{
 		rd_kafka_conf_destroy(conf);

@@ -22,10 +22,14 @@ extern bool cs_kafka_conf_apply_properties(rd_kafka_conf_t *conf,
 										   char *errbuf, size_t errlen);
 
 /*
- * A new configuration with brokers, citizen_sync.kafka_properties and the
- * given client.id applied; ereports ERROR with a hint on a bad setting.
+ * A new configuration: brokers, client.id, then the tunable defaults
+ * (NULL-terminated key, value, key, value, ... list), then
+ * citizen_sync.kafka_properties, which may override those defaults.  The
+ * caller sets what the guarantees depend on afterwards.  ereports ERROR with
+ * a hint on a bad setting.
  */
-extern rd_kafka_conf_t *cs_kafka_conf_new(const char *client_id);
+extern rd_kafka_conf_t *cs_kafka_conf_new(const char *client_id,
+										  const char *const *defaults);
 
 /* Set one property or ereport ERROR naming the key. */
 extern void cs_kafka_conf_set(rd_kafka_conf_t *conf, const char *key,

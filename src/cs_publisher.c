@@ -17,11 +17,14 @@
  * pending rows, so a row whose transaction committed after a higher id is
  * still sent.  One aggregate's rows commit in version order (the capture
  * trigger serialises them on the version counter row), so id order within an
- * aggregate is version order, and the producer keeps it per partition.  A
- * crash between produce and mark re-sends rows: consumers dedupe by event_id.
+ * aggregate is version order.  A round carries at most one row per aggregate,
+ * so a version is only sent once the previous one was acknowledged: a failed
+ * delivery is never overtaken on the topic.  A crash between produce and
+ * mark re-sends rows: consumers dedupe by event_id.
  * Committing transactions wake the publisher through its latch
  * (cs_notify.c); a periodic sweep is the safety net.  Published rows older
- * than citizen_sync.outbox_retention are deleted in small batches.
+ * than citizen_sync.outbox_retention are deleted in small batches, every
+ * minute (or every retention period, when shorter).
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -72,6 +75,7 @@ PGDLLEXPORT void cs_publisher_main(Datum arg);
 typedef struct OutboxRow
 {
 	int64		id;
+	bool		deferred;		/* an earlier row of its aggregate is in this round */
 	char	   *topic;
 	char	   *key;
 	char	   *value;
@@ -120,6 +124,41 @@ fetch_step(void *arg)
 		p->rows[i].value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
 	}
 	cs_tx_commit();
+}
+
+/* Sort helper: rows by key (one aggregate), then id. */
+static int
+cmp_row_key(const void *a, const void *b, void *arg)
+{
+	const OutboxRow *rows = (const OutboxRow *) arg;
+	const OutboxRow *ra = &rows[*(const int *) a];
+	const OutboxRow *rb = &rows[*(const int *) b];
+	int			c = strcmp(ra->key, rb->key);
+
+	if (c == 0)
+		c = strcmp(ra->topic, rb->topic);
+	return c != 0 ? c : (ra->id > rb->id) - (ra->id < rb->id);
+}
+
+/*
+ * Keep at most one row per aggregate in a round: the oldest.  The others stay
+ * pending for a later round, so an aggregate's next event is only sent once
+ * the previous one was acknowledged, and a failed delivery can never be
+ * overtaken by a later version of the same citizen.
+ */
+static void
+defer_later_versions(Publisher *p)
+{
+	int		   *order = palloc(sizeof(int) * Max(p->nrows, 1));
+
+	for (int i = 0; i < p->nrows; i++)
+		order[i] = i;
+	qsort_arg(order, p->nrows, sizeof(int), cmp_row_key, p->rows);
+	for (int k = 1; k < p->nrows; k++)
+		if (strcmp(p->rows[order[k]].key, p->rows[order[k - 1]].key) == 0 &&
+			strcmp(p->rows[order[k]].topic, p->rows[order[k - 1]].topic) == 0)
+			p->rows[order[k]].deferred = true;
+	pfree(order);
 }
 
 /* Drain delivery reports and errors from the queue without blocking. */
@@ -277,8 +316,10 @@ publish_round(Publisher *p)
 	p->outstanding = 0;
 	if (!cs_worker_try(p->slot, fetch_step, p))
 		return -1;
+	defer_later_versions(p);
 	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
-		produce_row(p, i);
+		if (!p->rows[i].deferred)
+			produce_row(p, i);
 	(void) rd_kafka_poll(p->rk, 0);
 	await_reports(p);
 	if (cs_got_sigterm)
@@ -292,12 +333,16 @@ static void
 kafka_start(Publisher *p)
 {
 	char		errstr[512];
-	rd_kafka_conf_t *conf = cs_kafka_conf_new("citizen_sync-publisher");
+	static const char *const defaults[] = {
+		"linger.ms", "2",
+		"message.timeout.ms", "30000",	/* a failed delivery is retried by the next round */
+		NULL
+	};
+	rd_kafka_conf_t *conf = cs_kafka_conf_new("citizen_sync-publisher", defaults);
 
+	/* what no loss and no reordering depend on: not overridable */
 	cs_kafka_conf_set(conf, "enable.idempotence", "true");
 	cs_kafka_conf_set(conf, "acks", "all");
-	cs_kafka_conf_set(conf, "linger.ms", "2");
-	cs_kafka_conf_set(conf, "message.timeout.ms", "30000");
 	cs_kafka_conf_set(conf, "log.queue", "true");
 	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
 	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -327,12 +372,19 @@ idle(Publisher *p, int rows_read)
 {
 	long		timeout;
 
-	if (rows_read >= cs_publisher_batch_size)
-		return;					/* more is waiting */
+	/*
+	 * A round that read rows waited on the latch for its delivery reports and
+	 * so may have consumed a commit's wake-up: look again at once.  Only an
+	 * empty round (which never waited) or a failing one sleeps.
+	 */
+	if (rows_read > 0 && p->failures == 0)
+		return;
 	if (p->failures > 0 || rows_read < 0)
 		timeout = Min(100L << Min(p->failures, 10), cs_restart_delay_s * 1000L);
 	else
 		timeout = cs_publisher_sweep_ms;
+	/* and wake up for the next purge even when nothing is committed */
+	timeout = Min(timeout, Max(1L, (long) ((p->next_purge_at - GetCurrentTimestamp()) / 1000) + 1));
 	cs_waiter_wait(&p->waiter, timeout);
 	drain_reports(p);
 }
@@ -372,7 +424,8 @@ cs_publisher_main(Datum arg)
 		if (GetCurrentTimestamp() >= p.next_purge_at)
 		{
 			cs_worker_try(p.slot, purge_step, &p);
-			p.next_purge_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000);
+			p.next_purge_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  Min(60000L, Max(1000L, cs_outbox_retention_s * 1000L)));
 		}
 		idle(&p, n);
 		cs_worker_reload_config();

@@ -298,6 +298,9 @@ BEGIN
       FROM unnest(ARRAY[aggregate_type, id_column::text] || COALESCE(columns, '{}')) AS a;
 
     PERFORM @extschema@.uncapture(source);
+    -- forget registrations of tables dropped since they were captured
+    DELETE FROM @extschema@.captures c
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid);
     INSERT INTO @extschema@.captures (source, aggregate_type, id_column, columns)
     VALUES (source, aggregate_type, id_column, columns);
     EXECUTE format('CREATE TRIGGER citizen_sync_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
@@ -565,6 +568,11 @@ DECLARE
     r   record;
     row cache.citizen_refs;
 BEGIN
+    IF max_age IS NULL THEN
+        RAISE EXCEPTION 'a critical read needs a max_age'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass how old the data may be, e.g. interval ''1 minute''; use citizen_sync.citizen() for display reads.';
+    END IF;
     SELECT * INTO r FROM @extschema@.citizen(citizen_id, max_age);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'citizen % is not in the cache', citizen_id
@@ -598,7 +606,9 @@ AS $$
 DECLARE
     cap record;
 BEGIN
-    SELECT * INTO cap FROM @extschema@.captures c WHERE c.aggregate_type = source_state.aggregate_type;
+    SELECT * INTO cap FROM @extschema@.captures c
+     WHERE c.aggregate_type = source_state.aggregate_type
+       AND EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no table is captured as aggregate type %', quote_literal(aggregate_type)
             USING ERRCODE = 'undefined_object',
@@ -619,7 +629,8 @@ $$;
 -- rows when ids is NULL) through the outbox, so caches heal by the normal
 -- path; ids no longer in the source are published as deleted.  Also the way
 -- to backfill rows that existed before capture().  Returns events written.
-CREATE FUNCTION @extschema@.resync(aggregate_type text DEFAULT 'citizen', ids bigint[] DEFAULT NULL)
+CREATE FUNCTION @extschema@.resync(aggregate_type text DEFAULT 'citizen', ids bigint[] DEFAULT NULL,
+                                  at_least bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -628,6 +639,16 @@ DECLARE
     s record;
     n bigint := 0;
 BEGIN
+    -- A cache can be ahead of the source's counter (a restored auth database,
+    -- a hand-edited cache): lift the counter so the new events win.
+    IF at_least IS NOT NULL THEN
+        INSERT INTO @extschema@.aggregate_versions AS v (aggregate_type, aggregate_id, last_version)
+        SELECT resync.aggregate_type, u.id, u.v
+          FROM unnest(ids, at_least) AS u(id, v)
+         WHERE u.id IS NOT NULL AND u.v IS NOT NULL
+        ON CONFLICT ON CONSTRAINT aggregate_versions_pkey
+            DO UPDATE SET last_version = GREATEST(v.last_version, EXCLUDED.last_version);
+    END IF;
     FOR s IN SELECT * FROM @extschema@.source_state(aggregate_type) st
               WHERE ids IS NULL OR st.id = ANY (ids)
               ORDER BY st.id LOOP
@@ -651,8 +672,8 @@ BEGIN
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.resync(text, bigint[]) IS
-    'Republish the current snapshot of the given (NULL = all) aggregates through the outbox';
+COMMENT ON FUNCTION @extschema@.resync(text, bigint[], bigint[]) IS
+    'Republish the current snapshot of the given (NULL = all) aggregates through the outbox, above the versions in at_least';
 
 CREATE TABLE @extschema@.consistency_reports (
     id          bigserial PRIMARY KEY,
@@ -768,10 +789,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ids bigint[];
-    n   bigint;
+    ids  bigint[];
+    vers bigint[];
+    n    bigint;
 BEGIN
-    SELECT array_agg(d.citizen_id ORDER BY d.citizen_id) INTO ids
+    SELECT array_agg(d.citizen_id ORDER BY d.citizen_id),
+           array_agg(COALESCE(d.cache_version, 0) ORDER BY d.citizen_id)
+      INTO ids, vers
       FROM @extschema@.consistency_check(source_conninfo, stale_after, aggregate_type) d;
     IF ids IS NULL THEN
         RETURN 0;
@@ -779,7 +803,8 @@ BEGIN
     EXECUTE format('SELECT n FROM %I.dblink($1, $2) AS t(n bigint)', @extschema@.dblink_schema())
        INTO n
       USING source_conninfo,
-            format('SELECT citizen_sync.resync(%L, %L::bigint[])', aggregate_type, ids);
+            format('SELECT citizen_sync.resync(%L, %L::bigint[], %L::bigint[])',
+                   aggregate_type, ids, vers);
     RETURN n;
 END
 $$;
@@ -854,7 +879,7 @@ $$;
 
 REVOKE ALL ON FUNCTION @extschema@.latency_histogram_raw() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.source_state(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.resync(text, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.resync(text, bigint[], bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.consistency_check(text, interval, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.heal(text, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.retry_dead_letters(bigint[]) FROM PUBLIC;

@@ -305,6 +305,8 @@ flush_batch(Consumer *c)
 													  cs_restart_delay_s * 1000L));
 		return false;
 	}
+	if (c->failures > 0)
+		cs_shmem_set_error(c->slot, "");	/* recovered; last_error_at keeps when */
 	slot_count(c, &args.outcome,
 			   (double) (GetCurrentTimestamp() - start) / 1000.0);
 	commit_to_kafka(c);
@@ -610,7 +612,7 @@ housekeeping_step(void *arg)
 	cs_housekeeping_run(200);
 }
 
-/* Retention between batches, once a minute. */
+/* Retention between batches, every citizen_sync.housekeeping_interval. */
 static void
 maybe_housekeeping(Consumer *c)
 {
@@ -618,7 +620,7 @@ maybe_housekeeping(Consumer *c)
 
 	if (c->nmsgs > 0 || now < c->next_housekeeping_at)
 		return;
-	c->next_housekeeping_at = TimestampTzPlusMilliseconds(now, 60000);
+	c->next_housekeeping_at = TimestampTzPlusMilliseconds(now, cs_housekeeping_interval_s * 1000L);
 	(void) cs_worker_try(c->slot, housekeeping_step, NULL);
 }
 
@@ -651,7 +653,17 @@ cs_consumer_main(Datum arg)
 	strlcpy(c.database, c.slot->database, NAMEDATALEN);
 	strlcpy(c.role, c.slot->role, NAMEDATALEN);
 	strlcpy(c.group_id, c.slot->group_id, sizeof(c.group_id));
+	{
+		char		msg[256];
+
+		/* stays in the view if the connection fails (FATAL) */
+		snprintf(msg, sizeof(msg),
+				 "could not connect to database \"%s\" (does it exist?); see the server log",
+				 c.database);
+		cs_shmem_set_error(c.slot, msg);
+	}
 	BackgroundWorkerInitializeConnection(c.database, NULL, 0);
+	cs_shmem_set_error(c.slot, "");
 	pgstat_report_appname("citizen_sync consumer");
 	c.capacity = 1024;
 	c.held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_event_t *) * c.capacity);

@@ -32,6 +32,7 @@ int			cs_publisher_sweep_ms = 1000;
 int			cs_outbox_retention_s = 7 * 24 * 3600;
 int			cs_processed_events_retention_s = 7 * 24 * 3600;
 int			cs_dead_letter_retention_s = 30 * 24 * 3600;
+int			cs_housekeeping_interval_s = 60;
 
 static bool
 check_databases(char **newval, void **extra, GucSource source)
@@ -153,6 +154,10 @@ define_kafka_gucs(void)
 	DefineCustomIntVariable("citizen_sync.dead_letter_retention",
 							"How long resolved dead letters are kept (0 = forever); unresolved ones are never removed automatically.",
 							NULL, &cs_dead_letter_retention_s, 30 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("citizen_sync.housekeeping_interval",
+							"How often a consumer applies the retention settings.",
+							NULL, &cs_housekeeping_interval_s, 60, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.restart_delay",
 							"Longest delay before the launcher restarts a failed worker (backoff doubles up to it).",

@@ -28,6 +28,7 @@ extern int	cs_publisher_sweep_ms;
 extern int	cs_outbox_retention_s;
 extern int	cs_processed_events_retention_s;
 extern int	cs_dead_letter_retention_s;
+extern int	cs_housekeeping_interval_s;
 
 extern void cs_guc_define(void);
 

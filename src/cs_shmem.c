@@ -152,6 +152,7 @@ cs_shmem_set_error(CsWorkerSlot *slot, const char *message)
 {
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 	strlcpy(slot->last_error, message, sizeof(slot->last_error));
-	slot->last_error_at = GetCurrentTimestamp();
+	if (message[0] != '\0')
+		slot->last_error_at = GetCurrentTimestamp();
 	LWLockRelease(cs_shared->lock);
 }

@@ -1,0 +1,113 @@
+# The consumer applies as the service's sync user, with that user's
+# privileges only.
+#
+# A privilege it lacks makes every batch fail visibly (consumer_stats shows
+# the permission error; nothing is dead-lettered for it, nothing is lost,
+# the process survives); granted back, it catches up by itself.  And the
+# sync user cannot touch the service's own tables in public.
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use CitizenSyncTest;
+
+my $db = $CitizenSyncTest::DB;
+my $topic = 'gov.auth.citizen';
+my $sync = $CitizenSyncTest::SYNC_ROLE;
+
+my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
+my $node = CitizenSyncTest::new_node('least_privilege', $broker, setup => 0);
+CitizenSyncTest::setup_db($node, extension => 0);
+$node->safe_psql($db, q{
+CREATE TABLE public.permits (id bigserial PRIMARY KEY, citizen_id bigint NOT NULL, kind text);
+INSERT INTO public.permits (citizen_id, kind) VALUES (1, 'parking');
+});
+CitizenSyncTest::install_extension($node, $db);
+# created after the roles: default privileges apply
+$node->safe_psql($db, q{CREATE TABLE public.permit_fees (permit_id bigint, amount numeric)});
+
+# --- the ownership matrix --------------------------------------------------
+my $all = 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER';
+for my $t (qw(public.permits public.permit_fees))
+{
+	is($node->safe_psql($db, "SELECT has_table_privilege('$sync', '$t', '$all')"),
+		'f', "$sync has no privilege at all on $t");
+	is($node->safe_psql($db,
+			"SELECT has_table_privilege('permits_service_user', '$t', 'SELECT, INSERT, UPDATE, DELETE')"),
+		't', "permits_service_user writes $t");
+}
+is($node->safe_psql($db, "SELECT has_schema_privilege('$sync', 'public', 'CREATE')"),
+	'f', "$sync cannot create objects in public");
+is( $node->safe_psql($db, qq{
+SELECT has_table_privilege('$sync', 'cache.citizen_refs', 'SELECT, INSERT, UPDATE')
+   AND NOT has_table_privilege('$sync', 'cache.citizen_refs', 'DELETE, TRUNCATE')}),
+	't', "$sync writes cache.citizen_refs (no DELETE or TRUNCATE)");
+is( $node->safe_psql($db, q{
+SELECT has_table_privilege('permits_service_user', 'cache.citizen_refs', 'INSERT, UPDATE, DELETE, TRUNCATE')}),
+	'f', 'permits_service_user only reads the cache');
+my ($ret, $out, $err) = $node->psql($db,
+	"SET ROLE $sync; INSERT INTO public.permits (citizen_id, kind) VALUES (2, 'forged')");
+like($err, qr/permission denied for table permits/, "$sync cannot insert into public.permits");
+($ret, $out, $err) = $node->psql($db, "SET ROLE $sync; SELECT count(*) FROM public.permits");
+like($err, qr/permission denied for table permits/, "$sync cannot read public.permits");
+
+# --- applying as the sync user ---------------------------------------------
+my $m = CitizenSyncTest::new_model(seed => 106);
+my $ev1 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 300 ], tag => 'a');
+CitizenSyncTest::produce($broker, $topic, $ev1);
+CitizenSyncTest::load_expected($node, $db, $m);
+CitizenSyncTest::wait_converged($node, $db, 'the cache converges (first stream)');
+CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'first stream');
+my $pid = CitizenSyncTest::consumer_pid($node, $db);
+my $log_offset = -s $node->logfile;
+
+# Without INSERT on the cache every batch fails.
+$node->safe_psql($db, "REVOKE INSERT ON cache.citizen_refs FROM $sync");
+my $ev2 = CitizenSyncTest::add_events($m, citizens => [ 201 .. 500 ], tag => 'b');
+CitizenSyncTest::produce($broker, $topic, $ev2);
+ok( $node->poll_query_until($db, qq{
+SELECT state = 'error' AND last_error ~ 'permission denied'
+  FROM citizen_sync.consumer_stats WHERE database = '$db'}),
+	'consumer_stats shows the batch failing with permission denied');
+my $s = CitizenSyncTest::consumer_stats($node, $db);
+note("state $s->{state}, last_error: $s->{last_error}");
+like($s->{last_error}, qr/permission denied for table citizen_refs/,
+	'last_error names the table');
+ok($node->log_contains(qr/ERROR:  permission denied for table citizen_refs/, $log_offset),
+	'the server log has the error');
+is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
+	0, 'nothing is dead-lettered for a missing privilege');
+is($node->safe_psql($db, "SELECT count(*) FROM (" . CitizenSyncTest::mismatch_sql() . ") m"),
+	0, 'the cache still holds exactly the first stream');
+is($node->safe_psql($db, q{SELECT count(*) FROM cache.processed_events WHERE event_id LIKE 'evt_b_%'}),
+	0, 'no event of the second stream is recorded as processed');
+is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the consumer process survives the failures');
+my $stored = CitizenSyncTest::stored_offsets($node, $db, $topic);
+my $ends = $broker->offsets($topic)->{partitions};
+ok(grep({ ($stored->{$_} // 0) < $ends->{$_}[1] } keys %$ends),
+	'the stored offsets did not move past the failing events');
+
+# Granted back: it catches up by itself, nothing lost.
+$node->safe_psql($db, "GRANT INSERT ON cache.citizen_refs TO $sync");
+CitizenSyncTest::load_expected($node, $db, $m);
+CitizenSyncTest::wait_converged($node, $db, 'after GRANT the cache converges (both streams)');
+CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'both streams');
+CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
+is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
+	0, 'still nothing dead-lettered');
+ok($node->poll_query_until($db, qq{
+SELECT state FROM citizen_sync.consumer_stats WHERE database = '$db'}, 'running'),
+	'the consumer is running again');
+is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the same consumer process caught up');
+is($node->safe_psql($db, 'SELECT count(*), min(kind) FROM public.permits'),
+	'1|parking', 'public.permits is untouched');
+
+$node->stop;
+$broker->stop;
+done_testing();

@@ -1,0 +1,321 @@
+# Monitoring as shipped: the Prometheus alert rules pass promtool (syntax,
+# the example configuration, the rules' unit tests) and link to existing
+# runbook sections; prometheus-postgres-exporter with
+# monitoring/postgres_exporter_queries.yaml, run as a pg_monitor-only role
+# against a live pipeline (publisher, two consumers, broker), exposes every
+# citizen_sync_* metric the rules use, with the values the SQL views give.
+#
+# Needs Debian's `prometheus` (promtool) and `prometheus-postgres-exporter`
+# packages; test/run_all.sh installs them.  Without them the corresponding
+# part is skipped with a message.
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use File::Spec;
+use HTTP::Tiny;
+use IPC::Run ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use CitizenSyncE2E qw(:all);
+
+my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
+my $mon = "$root/monitoring";
+my $rules = "$mon/citizen_sync_alerts.yml";
+my $queries = "$mon/postgres_exporter_queries.yaml";
+my $runbook = "$root/docs/runbook.md";
+my $exporter_bin = $ENV{POSTGRES_EXPORTER} // '/usr/bin/prometheus-postgres-exporter';
+my $exporter;    # IPC::Run harness of the exporter, stopped at exit whatever happens
+
+END
+{
+	local ($@, $?);
+	eval { $exporter->kill_kill(grace => 5) if $exporter && $exporter->pumpable };
+}
+
+sub which
+{
+	my ($prog) = @_;
+	for my $dir (split /:/, $ENV{PATH} // '')
+	{
+		return "$dir/$prog" if -x "$dir/$prog";
+	}
+	return undef;
+}
+
+sub slurp_file_text
+{
+	my ($path) = @_;
+	open my $fh, '<', $path or die "cannot open $path: $!";
+	local $/;
+	return scalar <$fh>;
+}
+
+#---------------------------------------------------------------------------
+# Static checks of the rules
+#---------------------------------------------------------------------------
+my $rules_text = slurp_file_text($rules);
+my @alerts = $rules_text =~ /^\s*-\s*alert:\s*(\S+)/mg;
+cmp_ok(scalar(@alerts), '>=', 6, 'the rules file defines the alerts (' . join(', ', @alerts) . ')');
+
+# Each alert: a for: duration, a severity, summary, description and a runbook
+# link to an existing section of docs/runbook.md (GitHub heading anchors).
+my %anchors;
+for my $line (split /\n/, slurp_file_text($runbook))
+{
+	next unless $line =~ /^#+\s+(.*?)\s*$/;
+	(my $a = lc $1) =~ s/[^\w\- ]//g;
+	$a =~ s/ /-/g;
+	$anchors{$a} = 1;
+}
+my @blocks = split /^\s*-\s*alert:\s*/m, $rules_text;
+shift @blocks;
+for my $b (@blocks)
+{
+	my ($name) = $b =~ /^(\S+)/;
+	like($b, qr/^\s+for:\s+\d+[smh]\s*$/m, "$name has a for: duration");
+	like($b, qr/^\s+severity:\s+(warning|critical)\s*$/m, "$name has a severity");
+	like($b, qr/^\s+summary:\s+\S/m, "$name has a summary");
+	like($b, qr/^\s+description:\s+\S/m, "$name has a description");
+	my ($anchor) = $b =~ /runbook_url:\s+"docs\/runbook\.md#([^"]+)"/;
+	ok(defined $anchor && $anchors{$anchor},
+		"$name links to an existing runbook section (#" . ($anchor // '?') . ')');
+}
+
+# The unit tests cover every alert.
+my $unit = slurp_file_text("$mon/citizen_sync_alerts_test.yml");
+my %tested = map { $_ => 1 } $unit =~ /alertname:\s+(\S+)/g;
+is_deeply([ grep { !$tested{$_} } @alerts ], [], 'every alert has unit tests');
+
+#---------------------------------------------------------------------------
+# promtool
+#---------------------------------------------------------------------------
+SKIP:
+{
+	my $promtool = which('promtool');
+	skip 'promtool is not installed (Debian package "prometheus"): rules not checked', 3
+	  unless $promtool;
+	command_ok([ $promtool, 'check', 'rules', $rules ], 'promtool check rules');
+	command_ok([ $promtool, 'check', 'config', "$mon/prometheus.example.yml" ],
+		'promtool check config (the example configuration loads the rules)');
+	command_ok([ $promtool, 'test', 'rules', "$mon/citizen_sync_alerts_test.yml" ],
+		'promtool test rules: every alert fires and stays quiet as expected');
+}
+
+#---------------------------------------------------------------------------
+# The exporter against a live pipeline
+#---------------------------------------------------------------------------
+SKIP:
+{
+	skip "prometheus-postgres-exporter is not installed ($exporter_bin): metrics not checked", 1
+	  unless -x $exporter_bin;
+
+	my $kafka = start_broker();
+	my $node = start_pipeline('prom', $kafka, conf => "citizen_sync.restart_delay = 1s\n");
+
+	# The exporter's role: pg_monitor only.
+	$node->safe_psql('postgres', 'CREATE ROLE cs_exporter LOGIN IN ROLE pg_monitor');
+	$node->safe_psql('permits_db', 'CREATE EXTENSION dblink');
+
+	# 30 citizens, 10 updated, 3 deleted.
+	$node->safe_psql('auth_db', q{
+INSERT INTO citizens (name, email, city)
+SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield' FROM generate_series(1, 30) AS i;
+UPDATE citizens SET city = 'Shelbyville' WHERE id <= 10;
+DELETE FROM citizens WHERE id IN (28, 29, 30);
+});
+	wait_outbox_drained($node, 60);
+	wait_caches_converged($node, 90);
+
+	# A poison message: dead-lettered by both consumers (22P02).
+	$kafka->produce($TOPIC, [ [ 'citizen_1', '{not json' ] ]);
+	for my $db (@SERVICE_DBS)
+	{
+		ok( $node->poll_query_until($db,
+				"SELECT dead_lettered FROM citizen_sync.consumer_stats WHERE database = '$db'", '1'),
+			"the poison message was dead-lettered in $db");
+	}
+	# A consistency report in permits_db.
+	my $auth = $node->connstr('auth_db');
+	$auth =~ s/'//g;
+	is( $node->safe_psql('permits_db',
+			"SELECT count(*) FROM citizen_sync.consistency_check(\$c\$$auth\$c\$, '0 seconds')"),
+		'0', 'consistency check of permits_db: no drift');
+	# Lag is measured against the watermark: wait until it is known and 0.
+	for my $db (@SERVICE_DBS)
+	{
+		ok( $node->poll_query_until($db, qq{
+SELECT count(*) = 4 AND bool_and(lag = 0) FROM citizen_sync.consumer_lag WHERE database = '$db'}),
+			"$db: 4 partitions, lag 0");
+	}
+
+	# One exporter for the instance: DSN at permits_db, the other databases
+	# with the extension discovered (per-database queries run in each).
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $dsn = sprintf('host=%s port=%d user=cs_exporter dbname=permits_db sslmode=disable',
+		$node->host, $node->port);
+	my $log = "$PostgreSQL::Test::Utils::log_path/postgres_exporter.log";
+	my @cmd = (
+		$exporter_bin,
+		"--extend.query-path=$queries",
+		"--web.listen-address=127.0.0.1:$port",
+		'--auto-discover-databases',
+		'--include-databases=auth_db,permits_db,revenue_db',
+		'--log.level=info');
+	note("starting: DATA_SOURCE_NAME='$dsn' @cmd");
+	$exporter = IPC::Run::start(\@cmd, '<', \undef, '>', $log, '2>&1',
+		init => sub { $ENV{DATA_SOURCE_NAME} = $dsn; });
+
+	my $http = HTTP::Tiny->new(timeout => 30);
+	my ($res, $text);
+	my $ok = poll_until(60, sub {
+			$res = $http->get("http://127.0.0.1:$port/metrics");
+			$text = $res->{content} // '';
+			return $res->{success} && $text =~ /^citizen_sync_outbox_pending\{[^}]*database="auth_db"/m
+			  && $text =~ /^citizen_sync_worker_up/m;
+		}, 500);
+	ok($ok, "the exporter serves /metrics on 127.0.0.1:$port")
+	  or diag("HTTP $res->{status}: " . substr($text, 0, 2000) . "\nexporter log:\n"
+		  . slurp_file_text($log));
+
+	# Parse the exposition format: name{labels} value.
+	my @samples;
+	my %type;
+	for my $line (split /\n/, $text)
+	{
+		if ($line =~ /^# TYPE (\S+) (\S+)/) { $type{$1} = $2; next; }
+		next if $line =~ /^#/ || $line !~ /\S/;
+		my ($name, $labels, $value) = $line =~ /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/
+		  or next;
+		my %l;
+		$l{$1} = $2 while ($labels // '') =~ /(\w+)="((?:[^"\\]|\\.)*)"/g;
+		push @samples, { name => $name, labels => \%l, value => $value };
+	}
+	# The samples named $name whose labels include %want.
+	my $find = sub {
+		my ($name, %want) = @_;
+		return grep {
+			my $s = $_;
+			$s->{name} eq $name
+			  && !grep { ($s->{labels}{$_} // "\0") ne $want{$_} } keys %want
+		} @samples;
+	};
+	my $value = sub {
+		my @s = $find->(@_);
+		return @s == 1 ? $s[0]{value} : (@s ? 'several series' : 'no series');
+	};
+
+	is($value->('pg_up'), '1', 'pg_up is 1');
+	is($value->('pg_exporter_user_queries_load_error'), '0', 'the queries file loads');
+	is($value->('pg_exporter_last_scrape_error'), '0', 'the last scrape had no error')
+	  or diag(slurp_file_text($log));
+
+	# Every citizen_sync metric the alert rules use is exposed.
+	my %exposed = map { $_->{name} => 1 } @samples;
+	my %used = map { $_ => 1 } map { /\b(citizen_sync_[a-z0-9_]+)/g } $rules_text =~ /^\s*expr:(.*)$/mg;
+	is_deeply([ grep { !$exposed{$_} } sort keys %used ], [],
+		'every metric the rules use is exposed (' . join(', ', sort keys %used) . ')');
+
+	# Workers: exposed once each (instance-wide queries run in one database).
+	is(scalar($find->('citizen_sync_worker_up')), 3, 'three worker_up series: 2 consumers, 1 publisher');
+	is($value->('citizen_sync_worker_up', kind => 'consumer', database => $_), '1',
+		"consumer of $_ is up") for @SERVICE_DBS;
+	is($value->('citizen_sync_worker_up', kind => 'publisher', database => 'auth_db'), '1',
+		'publisher is up');
+	is($value->('citizen_sync_worker_failing', kind => 'consumer', database => 'permits_db'), '0',
+		'consumer of permits_db is not failing');
+	is($type{citizen_sync_consumer_applied_total}, 'counter', 'applied_total is a counter');
+
+	# Consumer counters equal consumer_stats.
+	for my $db (@SERVICE_DBS)
+	{
+		my $row = $node->safe_psql($db, qq{
+SELECT applied, deleted, stale, duplicate, ignored, dead_lettered, batches, partitions
+  FROM citizen_sync.consumer_stats WHERE database = '$db'});
+		my @v = split /\|/, $row;
+		my @m = qw(applied_total deleted_total stale_total duplicate_total ignored_total
+		  dead_lettered_total batches_total partitions);
+		for my $i (0 .. $#m)
+		{
+			is($value->("citizen_sync_consumer_$m[$i]", database => $db), $v[$i],
+				"$db: citizen_sync_consumer_$m[$i] = $v[$i]");
+		}
+		# (27 live citizens; an event superseded in its batch counts as stale)
+		cmp_ok($value->('citizen_sync_consumer_applied_total', database => $db), '>=', 27,
+			"$db: at least one applied event per live citizen");
+		is($value->('citizen_sync_consumer_deleted_total', database => $db), '3',
+			"$db: 3 deletes applied");
+		my $fresh = $value->('citizen_sync_consumer_fresh_as_of_age_seconds', database => $db);
+		ok($fresh =~ /^[\d.e+-]+$/ && $fresh >= 0 && $fresh < 60,
+			"$db: the cache is known fresh (fresh_as_of age $fresh s)");
+
+		# Lag per partition: 4 partitions, all 0.
+		my @lag = $find->('citizen_sync_consumer_lag_messages', database => $db, topic => $TOPIC);
+		is(scalar(@lag), 4, "$db: lag of 4 partitions");
+		is(join(',', map { $_->{value} } @lag), '0,0,0,0', "$db: lag 0 after convergence");
+		is(join(',', sort map { $_->{labels}{group_id} } @lag), join(',', ("$db-citizen-sync") x 4),
+			"$db: lag labelled with the consumer group");
+
+		# Latency histogram: cumulative buckets, +Inf = count = applied + deleted.
+		my @buckets = sort { $a->{labels}{le} eq '+Inf' ? 1 : $b->{labels}{le} eq '+Inf' ? -1
+			  : $a->{labels}{le} <=> $b->{labels}{le} }
+		  $find->('citizen_sync_latency_seconds_bucket', database => $db);
+		my $count = $value->('citizen_sync_latency_seconds_count', database => $db);
+		is($type{citizen_sync_latency_seconds}, 'histogram', 'latency is a histogram');
+		is($count, $v[0] + $v[1], "$db: latency samples = applied + deleted ($count)");
+		cmp_ok(scalar(@buckets), '>=', 10, "$db: latency buckets");
+		is($buckets[-1]{labels}{le}, '+Inf', "$db: last bucket is +Inf");
+		is($buckets[-1]{value}, $count, "$db: +Inf bucket = count");
+		ok(!grep({ $buckets[$_]{value} < $buckets[ $_ - 1 ]{value} } 1 .. $#buckets),
+			"$db: buckets are cumulative");
+		cmp_ok($value->('citizen_sync_latency_seconds_sum', database => $db), '>=', 0,
+			"$db: latency sum");
+		my @q = map { $value->("citizen_sync_latency_${_}_seconds", database => $db) } qw(p50 p95 p99);
+		ok(@q == 3 && $q[0] > 0 && $q[0] <= $q[1] && $q[1] <= $q[2],
+			"$db: p50 <= p95 <= p99 (@q)");
+
+		# Dead letters by SQLSTATE, the consistency report.
+		is($value->('citizen_sync_dead_letters_unresolved', database => $db, sqlstate => '22P02'), '1',
+			"$db: one unresolved dead letter, 22P02");
+	}
+	is($value->("citizen_sync_consistency_$_", database => 'permits_db', source => 'auth'), '0',
+		"permits_db: consistency $_ = 0") for qw(missing stale mismatched extra);
+	is($value->('citizen_sync_consistency_checked', database => 'permits_db', source => 'auth'), '30',
+		'permits_db: 30 citizens checked');
+	my $age = $value->('citizen_sync_consistency_last_check_age_seconds', database => 'permits_db');
+	ok($age =~ /^[\d.e+-]+$/ && $age >= 0 && $age < 300, "age of the last consistency check ($age s)");
+	is(scalar($find->('citizen_sync_consistency_checked', database => 'revenue_db')), 0,
+		'revenue_db never ran a check: no series');
+
+	# Outbox and publisher.
+	for my $db ('auth_db', @SERVICE_DBS)
+	{
+		is($value->('citizen_sync_outbox_pending', database => $db), '0', "$db: outbox pending 0");
+	}
+	is($value->('citizen_sync_outbox_retrying', database => 'auth_db'), '0', 'auth_db: retrying 0');
+	is($value->('citizen_sync_outbox_oldest_pending_age_seconds', database => 'auth_db'), '0',
+		'auth_db: no pending row, age 0');
+	my $rows = $node->safe_psql('auth_db', 'SELECT count(*) FROM citizen_sync.outbox');
+	cmp_ok($value->('citizen_sync_publisher_published_total', database => 'auth_db'), '>=', $rows,
+		"published_total >= $rows outbox rows");
+
+	# promtool's linter accepts the citizen_sync metrics.
+	SKIP:
+	{
+		my $promtool = which('promtool');
+		skip 'promtool is not installed', 1 unless $promtool;
+		my $ours = join("\n", grep { /citizen_sync_/ } split /\n/, $text) . "\n";
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ $promtool, 'check', 'metrics' ], '<', \$ours, '>', \$out, '2>', \$err);
+		is("$out$err", '', 'promtool check metrics: no lint problem in the citizen_sync metrics');
+	}
+
+	$exporter->kill_kill(grace => 5);
+	undef $exporter;
+	$node->stop;
+	$kafka->stop;
+}
+
+done_testing();

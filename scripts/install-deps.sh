@@ -4,8 +4,7 @@
 # Run as root (or through sudo).  Idempotent: quick when all is in place.
 set -euo pipefail
 
-PACKAGES=(postgresql-15 postgresql-server-dev-15 build-essential
-          pkg-config librdkafka-dev libjson-c-dev libipc-run-perl kcat)
+mapfile -t PACKAGES < "$(dirname "$0")/packages.txt"
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then

@@ -21,10 +21,8 @@
 set -euo pipefail
 
 PG_MAJOR=15
-PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib
-          build-essential pkg-config librdkafka-dev libjson-c-dev libipc-run-perl kcat)
-
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mapfile -t PACKAGES < "$REPO/scripts/packages.txt"   # one list for tests, demo and CI
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
 export DEBIAN_FRONTEND=noninteractive
 

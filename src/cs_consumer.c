@@ -183,6 +183,11 @@ kafka_start(Consumer *c)
 static void
 slot_set_partitions(Consumer *c, const rd_kafka_topic_partition_list_t *parts)
 {
+	if (parts && parts->cnt > CS_MAX_PARTITIONS)
+		ereport(WARNING,
+				(errmsg("citizen_sync: the consumer for \"%s\" holds %d partitions; statistics show the first %d",
+						c->database, parts->cnt, CS_MAX_PARTITIONS),
+				 errdetail("Stored offsets, and so delivery, cover every partition; only consumer_lag is truncated.")));
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 	c->slot->npartitions = 0;
 	for (int i = 0; parts && i < parts->cnt && i < CS_MAX_PARTITIONS; i++)

@@ -95,6 +95,7 @@ typedef struct Publisher
 	int			outstanding;
 	int			failures;		/* consecutive rounds with a failure */
 	TimestampTz next_purge_at;
+	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
 } Publisher;
 
 /* Step 1: copy up to batch_size pending rows into p->rows. */
@@ -228,15 +229,37 @@ produce_row(Publisher *p, int i)
 	}
 }
 
-/* Step 3: wait (latch and report queue) until every row has its report. */
+/*
+ * Step 3: wait (latch and report queue) until every row has its report.
+ * librdkafka reports every message within message.timeout.ms; past that
+ * plus a margin, rows still without a report are counted as failed (they
+ * stay pending and go out again) rather than waited for forever.
+ */
 static void
 await_reports(Publisher *p)
 {
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   p->report_timeout_ms);
+
 	while (p->outstanding > 0 && !cs_got_sigterm)
 	{
 		drain_reports(p);
 		if (p->outstanding == 0)
 			break;
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			for (int i = 0; i < p->nrows; i++)
+				if (!p->rows[i].deferred && !p->rows[i].done)
+				{
+					p->rows[i].done = true;
+					p->rows[i].err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+				}
+			ereport(LOG,
+					(errmsg("citizen_sync: publisher: %d delivery report(s) missing after %ld ms; the rows will be sent again",
+							p->outstanding, p->report_timeout_ms)));
+			p->outstanding = 0;
+			break;
+		}
 		cs_waiter_wait(&p->waiter, 1000);
 		cs_worker_reload_config();
 	}
@@ -320,7 +343,6 @@ publish_round(Publisher *p)
 	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
 		if (!p->rows[i].deferred)
 			produce_row(p, i);
-	(void) rd_kafka_poll(p->rk, 0);
 	await_reports(p);
 	if (cs_got_sigterm)
 		return 0;
@@ -344,6 +366,14 @@ kafka_start(Publisher *p)
 	cs_kafka_conf_set(conf, "enable.idempotence", "true");
 	cs_kafka_conf_set(conf, "acks", "all");
 	cs_kafka_conf_set(conf, "log.queue", "true");
+	{
+		char		value[64];
+		size_t		size = sizeof(value);
+
+		p->report_timeout_ms = 40000;
+		if (rd_kafka_conf_get(conf, "message.timeout.ms", value, &size) == RD_KAFKA_CONF_OK)
+			p->report_timeout_ms = atol(value) + 10000;
+	}
 	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
 	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (p->rk == NULL)

@@ -20,7 +20,7 @@
 #include "cs_config.h"
 
 #define CS_MAX_WORKERS		(CS_MAX_DATABASES + 1)
-#define CS_MAX_PARTITIONS	64
+#define CS_MAX_PARTITIONS	256
 #define CS_TOPIC_LEN		250
 
 /* Sync latency histogram (event_timestamp -> applied), upper bounds in ms. */

@@ -133,7 +133,7 @@ wait_for_prerequisites(Consumer *c)
 static const char *const consumer_defaults[] = {
 	"auto.offset.reset", "earliest",	/* used only when a group has no offset at all */
 	"queued.max.messages.kbytes", "16384",	/* bounded prefetch: 16 MB */
-	"fetch.wait.max.ms", "20",		/* latency over broker round trips */
+	"fetch.wait.max.ms", "10",		/* latency over idle fetch requests */
 	NULL
 };
 
@@ -670,6 +670,7 @@ cs_consumer_main(Datum arg)
 	BackgroundWorkerInitializeConnection(c.database, NULL, 0);
 	cs_shmem_set_error(c.slot, "");
 	pgstat_report_appname("citizen_sync consumer");
+	cs_worker_async_commit();
 	c.capacity = 1024;
 	c.held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_event_t *) * c.capacity);
 	c.msgs = MemoryContextAlloc(TopMemoryContext, sizeof(CsMessage) * c.capacity);

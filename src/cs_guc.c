@@ -25,9 +25,9 @@ char	   *cs_topic_prefix = NULL;
 char	   *cs_kafka_properties = NULL;
 int			cs_max_event_bytes = 65536;
 int			cs_batch_size = 1000;
-int			cs_batch_wait_ms = 10;
+int			cs_batch_wait_ms = 2;
 int			cs_restart_delay_s = 5;
-int			cs_publisher_batch_size = 1000;
+int			cs_publisher_batch_size = 5000;
 int			cs_publisher_sweep_ms = 1000;
 int			cs_outbox_retention_s = 7 * 24 * 3600;
 int			cs_processed_events_retention_s = 7 * 24 * 3600;
@@ -145,7 +145,7 @@ define_kafka_gucs(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.batch_wait",
 							"Longest time a consumer waits to fill a batch once it holds one event.",
-							NULL, &cs_batch_wait_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, &cs_batch_wait_ms, 2, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.processed_events_retention",
 							"How long event ids are kept in cache.processed_events (0 = forever).",
@@ -179,7 +179,7 @@ define_publisher_gucs(void)
 							   check_topic_prefix, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.publisher_batch_size",
 							"Most outbox rows the publisher sends per round.",
-							NULL, &cs_publisher_batch_size, 1000, 1, 100000, PGC_SIGHUP, 0,
+							NULL, &cs_publisher_batch_size, 5000, 1, 100000, PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.publisher_sweep_interval",
 							"Interval of the publisher's safety-net sweep of the outbox.",

@@ -356,7 +356,7 @@ kafka_start(Publisher *p)
 {
 	char		errstr[512];
 	static const char *const defaults[] = {
-		"linger.ms", "2",
+		"linger.ms", "1",
 		"message.timeout.ms", "30000",	/* a failed delivery is retried by the next round */
 		NULL
 	};
@@ -430,6 +430,7 @@ cs_publisher_main(Datum arg)
 	p.slot = cs_shmem_attach(DatumGetInt32(arg));
 	BackgroundWorkerInitializeConnection(p.slot->database, NULL, 0);
 	pgstat_report_appname("citizen_sync publisher");
+	cs_worker_async_commit();
 	while (!cs_got_sigterm && !extension_ready())
 	{
 		cs_shmem_set_state(p.slot, "waiting");

@@ -171,3 +171,9 @@ cs_worker_log_kafka(rd_kafka_event_t *ev)
 	if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
 		ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
 }
+
+void
+cs_worker_async_commit(void)
+{
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+}

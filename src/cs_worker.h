@@ -56,6 +56,15 @@ extern void cs_tx_commit(void);
 /* Report a librdkafka log event of warning level or worse in the server log. */
 extern void cs_worker_log_kafka(rd_kafka_event_t *ev);
 
+/*
+ * Commit the worker's transactions without waiting for the WAL flush.  Safe
+ * for both workers: a consumer batch commits its Kafka offsets with its rows,
+ * so a crash that loses the last batches also rewinds their offsets and they
+ * are read again; a publisher's lost "published" marks only cause re-sends,
+ * which consumers deduplicate.
+ */
+extern void cs_worker_async_commit(void);
+
 /* Sleep on the latch (interruptible by SIGTERM/SIGHUP) for up to ms. */
 extern void cs_worker_sleep(long ms);
 

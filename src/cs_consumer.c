@@ -134,6 +134,7 @@ static const char *const consumer_defaults[] = {
 	"auto.offset.reset", "earliest",	/* used only when a group has no offset at all */
 	"queued.max.messages.kbytes", "16384",	/* bounded prefetch: 16 MB */
 	"fetch.wait.max.ms", "10",		/* latency over idle fetch requests */
+	"socket.nagle.disable", "true",	/* no 40 ms Nagle/delayed-ACK stalls */
 	NULL
 };
 

@@ -41,6 +41,8 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "nodelay.h"
+
 #define DEFAULT_TOPIC      "gov.auth.citizen"
 #define DEFAULT_PARTITIONS 4
 #define MAX_PARTITIONS     100000
@@ -831,6 +833,8 @@ static int run(const struct options *opts)
         }
     }
     rc = broker_start(&b, opts);
+    if (rc == 0 && nodelay_start() != 0)
+        warnmsg("could not start the TCP_NODELAY thread: responses may be delayed");
     if (rc == 0) {
         reply("BOOTSTRAP %s", b.bootstraps);
         reply("READY");

@@ -135,6 +135,7 @@ static const char *const consumer_defaults[] = {
 	"queued.max.messages.kbytes", "16384",	/* bounded prefetch: 16 MB */
 	"fetch.wait.max.ms", "10",		/* latency over idle fetch requests */
 	"socket.nagle.disable", "true",	/* no 40 ms Nagle/delayed-ACK stalls */
+	"fetch.error.backoff.ms", "100",	/* retry a failed fetch soon (default 500) */
 	NULL
 };
 

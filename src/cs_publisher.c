@@ -386,6 +386,37 @@ kafka_start(Publisher *p)
 	cs_waiter_init(&p->waiter, p->queue);
 }
 
+/*
+ * Ask the brokers for the metadata of every captured aggregate's topic now,
+ * so that the first change after a start is not held up by the lookup.
+ */
+static void
+warm_up_step(void *arg)
+{
+	Publisher  *p = (Publisher *) arg;
+	Datum		prefix = CStringGetTextDatum(cs_topic_prefix);
+	Oid			type = TEXTOID;
+
+	cs_tx_begin("citizen_sync: looking up topics");
+	if (SPI_execute_with_args("SELECT DISTINCT $1 OPERATOR(pg_catalog.||) aggregate_type"
+							  " FROM citizen_sync.captures",
+							  1, &type, &prefix, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "citizen_sync: reading citizen_sync.captures failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		char	   *topic = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic, NULL);
+		const struct rd_kafka_metadata *md = NULL;
+
+		if (rkt == NULL)
+			continue;
+		if (rd_kafka_metadata(p->rk, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			rd_kafka_metadata_destroy(md);
+		rd_kafka_topic_destroy(rkt);
+	}
+	cs_tx_commit();
+}
+
 static bool
 extension_ready(void)
 {
@@ -448,6 +479,7 @@ cs_publisher_main(Datum arg)
 	p.round_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher round",
 										ALLOCSET_DEFAULT_SIZES);
 	kafka_start(&p);
+	(void) cs_worker_try(p.slot, warm_up_step, &p);
 	cs_shmem_set_state(p.slot, "running");
 	while (!cs_got_sigterm)
 	{

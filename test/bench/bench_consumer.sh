@@ -210,7 +210,7 @@ if [ "${SKIP_LATENCY:-0}" != 1 ]; then
     # sample memory while the producer runs
     while kill -0 "$PROD_PID" 2>/dev/null; do
         [ -z "$CONSUMER_PID" ] || rss_sample "$CONSUMER_PID"
-        sleep 1
+        sleep 1   # sampling period while the producer runs (poll, not synchronisation)
     done
     wait "$PROD_PID" || die "the producer failed"
     BENCH_PIDS=()

@@ -134,7 +134,7 @@ broker_start() {
     for i in $(seq 1 200); do
         grep -q '^READY' "$BENCH_TMP/broker.out" 2>/dev/null && break
         kill -0 "$BROKER_PID" 2>/dev/null || { cat "$BENCH_TMP/broker.err" >&2; die "broker exited"; }
-        sleep 0.05
+        sleep 0.05   # poll interval, bounded by the loop count
     done
     grep -q '^READY' "$BENCH_TMP/broker.out" || die "broker not ready"
     BOOTSTRAP=$(sed -n 's/^BOOTSTRAP //p' "$BENCH_TMP/broker.out")
@@ -147,7 +147,7 @@ broker_cmd() {
     echo "$1" >"$BENCH_TMP/broker.ctl"
     for i in $(seq 1 200); do
         [ "$(wc -l <"$BENCH_TMP/broker.out")" -gt "$before" ] && break
-        sleep 0.05
+        sleep 0.05   # poll interval, bounded by the loop count
     done
     sed -n "$((before + 1))p" "$BENCH_TMP/broker.out"
 }

@@ -153,7 +153,7 @@ sub poll_until
 		$r = $code->();
 		return $r if $r;
 		return $r if time >= $deadline;
-		usleep($interval_ms * 1000);
+		usleep($interval_ms * 1000);    # poll interval; the deadline is checked above
 	}
 }
 

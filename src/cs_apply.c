@@ -35,10 +35,10 @@ static SPIPlanPtr upsert_plan = NULL;
 #define MARK_SQL \
 	"WITH ins AS (" \
 	"  INSERT INTO cache.processed_events (event_id)" \
-	"  SELECT unnest($1::pg_catalog.text[])" \
+	"  SELECT pg_catalog.unnest($1::pg_catalog.text[])" \
 	"  ON CONFLICT (event_id) DO NOTHING RETURNING event_id)" \
 	" SELECT u.ord::pg_catalog.int4" \
-	"   FROM unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(id, ord)" \
+	"   FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(id, ord)" \
 	"   JOIN ins ON ins.event_id OPERATOR(pg_catalog.=) u.id"
 
 #define KEEP_IF_DELETE(col) \
@@ -53,7 +53,7 @@ static SPIPlanPtr upsert_plan = NULL;
 	"   u.postal_code, u.email_verified, u.identity_verified, u.event_version," \
 	"   u.is_active, CASE WHEN u.is_active THEN NULL ELSE pg_catalog.now() END," \
 	"   pg_catalog.now()" \
-	" FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.text[]," \
+	" FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.text[]," \
 	"   $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.text[]," \
 	"   $7::pg_catalog.text[], $8::pg_catalog.bool[], $9::pg_catalog.bool[]," \
 	"   $10::pg_catalog.int8[], $11::pg_catalog.bool[])" \

@@ -672,7 +672,7 @@ cs_consumer_main(Datum arg)
 	BackgroundWorkerInitializeConnection(c.database, NULL, 0);
 	cs_shmem_set_error(c.slot, "");
 	pgstat_report_appname("citizen_sync consumer");
-	cs_worker_async_commit();
+	cs_worker_session_settings();
 	c.capacity = 1024;
 	c.held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_event_t *) * c.capacity);
 	c.msgs = MemoryContextAlloc(TopMemoryContext, sizeof(CsMessage) * c.capacity);

@@ -96,6 +96,8 @@ check_kafka_properties(char **newval, void **extra, GucSource source)
 	rd_kafka_conf_destroy(conf);
 	if (!ok)
 	{
+		/* our own message, so that PostgreSQL does not echo the value */
+		GUC_check_errmsg("invalid value for parameter \"citizen_sync.kafka_properties\"");
 		GUC_check_errdetail("%s", errbuf);
 		GUC_check_errhint("Write librdkafka properties as key=value pairs separated by semicolons, e.g. 'security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512'.");
 	}

@@ -21,7 +21,7 @@
 	"INSERT INTO citizen_sync.consumer_offsets AS o" \
 	" (group_id, topic, partition, next_offset, updated_at)" \
 	" SELECT $1, u.topic, u.partition, u.next_offset, pg_catalog.now()" \
-	" FROM unnest($2::pg_catalog.text[], $3::pg_catalog.int4[], $4::pg_catalog.int8[])" \
+	" FROM pg_catalog.unnest($2::pg_catalog.text[], $3::pg_catalog.int4[], $4::pg_catalog.int8[])" \
 	"   AS u(topic, partition, next_offset)" \
 	" ON CONFLICT (group_id, topic, partition) DO UPDATE" \
 	" SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"
@@ -55,6 +55,7 @@ keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 static int
 last_offsets(const CsMessage *msgs, int n, Datum *topics, Datum *parts, Datum *next)
 {
+	int		   *first = palloc(sizeof(int) * n);	/* a message of each slot */
 	int			k = 0;
 
 	for (int i = 0; i < n; i++)
@@ -62,11 +63,12 @@ last_offsets(const CsMessage *msgs, int n, Datum *topics, Datum *parts, Datum *n
 		int			j;
 
 		for (j = 0; j < k; j++)
-			if (DatumGetInt32(parts[j]) == msgs[i].partition &&
-				strcmp(TextDatumGetCString(topics[j]), msgs[i].topic) == 0)
+			if (msgs[first[j]].partition == msgs[i].partition &&
+				strcmp(msgs[first[j]].topic, msgs[i].topic) == 0)
 				break;
 		if (j == k)
 		{
+			first[k] = i;
 			topics[k] = CStringGetTextDatum(msgs[i].topic);
 			parts[k] = Int32GetDatum(msgs[i].partition);
 			next[k++] = Int64GetDatum(msgs[i].offset + 1);
@@ -74,6 +76,7 @@ last_offsets(const CsMessage *msgs, int n, Datum *topics, Datum *parts, Datum *n
 		else if (msgs[i].offset + 1 > DatumGetInt64(next[j]))
 			next[j] = Int64GetDatum(msgs[i].offset + 1);
 	}
+	pfree(first);
 	return k;
 }
 

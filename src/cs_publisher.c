@@ -96,7 +96,13 @@ typedef struct Publisher
 	int			failures;		/* consecutive rounds with a failure */
 	TimestampTz next_purge_at;
 	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
+	uint32		round;			/* tags messages: a late report of an abandoned round is ignored */
 } Publisher;
+
+/* A message's opaque: the round number and the row index. */
+#define OPAQUE(round, i)	((void *) (((uintptr_t) (round) << 32) | (uint32) (i)))
+#define OPAQUE_ROUND(o)		((uint32) ((uintptr_t) (o) >> 32))
+#define OPAQUE_INDEX(o)		((int) ((uintptr_t) (o) & 0xffffffff))
 
 /* Step 1: copy up to batch_size pending rows into p->rows. */
 static void
@@ -150,7 +156,7 @@ cmp_row_key(const void *a, const void *b, void *arg)
 static void
 defer_later_versions(Publisher *p)
 {
-	int		   *order = palloc(sizeof(int) * Max(p->nrows, 1));
+	int		   *order = MemoryContextAlloc(p->round_cxt, sizeof(int) * Max(p->nrows, 1));
 
 	for (int i = 0; i < p->nrows; i++)
 		order[i] = i;
@@ -159,7 +165,6 @@ defer_later_versions(Publisher *p)
 		if (strcmp(p->rows[order[k]].key, p->rows[order[k - 1]].key) == 0 &&
 			strcmp(p->rows[order[k]].topic, p->rows[order[k - 1]].topic) == 0)
 			p->rows[order[k]].deferred = true;
-	pfree(order);
 }
 
 /* Drain delivery reports and errors from the queue without blocking. */
@@ -176,8 +181,14 @@ drain_reports(Publisher *p)
 
 			while ((m = rd_kafka_event_message_next(ev)) != NULL)
 			{
-				OutboxRow  *row = &p->rows[(intptr_t) m->_private];
+				OutboxRow  *row;
 
+				if (OPAQUE_ROUND(m->_private) != p->round ||
+					OPAQUE_INDEX(m->_private) >= p->nrows)
+					continue;	/* its round gave up on it; the row is re-sent */
+				row = &p->rows[OPAQUE_INDEX(m->_private)];
+				if (row->done)
+					continue;
 				row->done = true;
 				row->err = m->err;
 				p->outstanding--;
@@ -210,7 +221,7 @@ produce_row(Publisher *p, int i)
 													RD_KAFKA_V_KEY(row->key, strlen(row->key)),
 													RD_KAFKA_V_VALUE(row->value, strlen(row->value)),
 													RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-													RD_KAFKA_V_OPAQUE((void *) (intptr_t) i),
+													RD_KAFKA_V_OPAQUE(OPAQUE(p->round, i)),
 													RD_KAFKA_V_END);
 
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -270,8 +281,8 @@ static void
 mark_step(void *arg)
 {
 	Publisher  *p = (Publisher *) arg;
-	Datum	   *ok = palloc(sizeof(Datum) * Max(p->nrows, 1));
-	Datum	   *bad = palloc(sizeof(Datum) * Max(p->nrows, 1));
+	Datum	   *ok = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
+	Datum	   *bad = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
 	int			nok = 0,
 				nbad = 0;
 	const char *last_err = NULL;
@@ -335,6 +346,7 @@ static int
 publish_round(Publisher *p)
 {
 	MemoryContextReset(p->round_cxt);
+	p->round++;
 	p->nrows = 0;
 	p->outstanding = 0;
 	if (!cs_worker_try(p->slot, fetch_step, p))
@@ -462,7 +474,7 @@ cs_publisher_main(Datum arg)
 	p.slot = cs_shmem_attach(DatumGetInt32(arg));
 	BackgroundWorkerInitializeConnection(p.slot->database, NULL, 0);
 	pgstat_report_appname("citizen_sync publisher");
-	cs_worker_async_commit();
+	cs_worker_session_settings();
 	while (!cs_got_sigterm && !extension_ready())
 	{
 		cs_shmem_set_state(p.slot, "waiting");

@@ -27,12 +27,24 @@
 
 volatile sig_atomic_t cs_got_sigterm = false;
 
+/* true while cs_worker_try() runs a database step */
+static volatile sig_atomic_t in_db_step = false;
+
+/*
+ * SIGTERM: stop after the current step; inside a database step (a query may
+ * wait on a lock), interrupt it like PostgreSQL's own die() does.
+ */
 static void
 handle_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
 	cs_got_sigterm = true;
+	if (in_db_step)
+	{
+		InterruptPending = true;
+		ProcDiePending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -106,6 +118,12 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = true;
 
+	in_db_step = true;
+	if (cs_got_sigterm)
+	{
+		InterruptPending = true;
+		ProcDiePending = true;
+	}
 	PG_TRY();
 	{
 		step(arg);
@@ -114,6 +132,7 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 	{
 		ErrorData  *edata;
 
+		in_db_step = false;
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
@@ -129,6 +148,7 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 		ok = false;
 	}
 	PG_END_TRY();
+	in_db_step = false;
 	return ok;
 }
 
@@ -159,6 +179,7 @@ cs_tx_commit(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_stat(false);	/* let autovacuum see the workers' writes */
 }
 
 void
@@ -173,7 +194,9 @@ cs_worker_log_kafka(rd_kafka_event_t *ev)
 }
 
 void
-cs_worker_async_commit(void)
+cs_worker_session_settings(void)
 {
 	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+	/* no object of another schema can stand in for a built-in */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 }

@@ -57,13 +57,15 @@ extern void cs_tx_commit(void);
 extern void cs_worker_log_kafka(rd_kafka_event_t *ev);
 
 /*
- * Commit the worker's transactions without waiting for the WAL flush.  Safe
- * for both workers: a consumer batch commits its Kafka offsets with its rows,
- * so a crash that loses the last batches also rewinds their offsets and they
- * are read again; a publisher's lost "published" marks only cause re-sends,
- * which consumers deduplicate.
+ * Session settings of a worker, right after it connects:
+ * - search_path pg_catalog, pg_temp: nothing in public can shadow a built-in;
+ * - synchronous_commit off: safe for both workers, because a consumer batch
+ *   commits its Kafka offsets with its rows (a crash that loses the last
+ *   batches also rewinds their offsets, and they are read again) and a
+ *   publisher's lost "published" marks only cause re-sends, which consumers
+ *   deduplicate.
  */
-extern void cs_worker_async_commit(void);
+extern void cs_worker_session_settings(void);
 
 /* Sleep on the latch (interruptible by SIGTERM/SIGHUP) for up to ms. */
 extern void cs_worker_sleep(long ms);

@@ -53,10 +53,12 @@ static SPIPlanPtr upsert_plan = NULL;
 	"   u.postal_code, u.email_verified, u.identity_verified, u.event_version," \
 	"   u.is_active, CASE WHEN u.is_active THEN NULL ELSE pg_catalog.now() END," \
 	"   pg_catalog.now()" \
-	" FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.text[]," \
-	"   $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.text[]," \
-	"   $7::pg_catalog.text[], $8::pg_catalog.bool[], $9::pg_catalog.bool[]," \
-	"   $10::pg_catalog.int8[], $11::pg_catalog.bool[])" \
+	" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[])," \
+	"   pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])," \
+	"   pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[])," \
+	"   pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])," \
+	"   pg_catalog.unnest($9::pg_catalog.bool[]), pg_catalog.unnest($10::pg_catalog.int8[])," \
+	"   pg_catalog.unnest($11::pg_catalog.bool[]))" \
 	"   AS u(citizen_id, name, email, phone, address, city, postal_code," \
 	"        email_verified, identity_verified, event_version, is_active)" \
 	" ON CONFLICT (citizen_id) DO UPDATE SET" \

@@ -21,7 +21,8 @@
 	"INSERT INTO citizen_sync.consumer_offsets AS o" \
 	" (group_id, topic, partition, next_offset, updated_at)" \
 	" SELECT $1, u.topic, u.partition, u.next_offset, pg_catalog.now()" \
-	" FROM pg_catalog.unnest($2::pg_catalog.text[], $3::pg_catalog.int4[], $4::pg_catalog.int8[])" \
+	" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int4[])," \
+	"   pg_catalog.unnest($4::pg_catalog.int8[]))" \
 	"   AS u(topic, partition, next_offset)" \
 	" ON CONFLICT (group_id, topic, partition) DO UPDATE" \
 	" SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"

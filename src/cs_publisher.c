@@ -97,6 +97,7 @@ typedef struct Publisher
 	TimestampTz next_purge_at;
 	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
 	uint32		round;			/* tags messages: a late report of an abandoned round is ignored */
+	bool		some_failed;	/* the last round had a failed delivery */
 } Publisher;
 
 /* A message's opaque: the round number and the row index. */
@@ -326,7 +327,14 @@ mark_step(void *arg)
 				 "delivery failed for %d row(s): %s", nbad, last_err);
 	p->slot->last_error_at = nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
 	LWLockRelease(cs_shared->lock);
-	p->failures = nbad ? p->failures + 1 : 0;
+	/*
+	 * Back off only when nothing got through (the brokers are unreachable):
+	 * one row that keeps failing (too large, say) must not slow every other
+	 * aggregate; it is retried each round, with retry_count and last_error
+	 * showing it in citizen_sync.outbox_backlog.
+	 */
+	p->failures = (nbad > 0 && nok == 0) ? p->failures + 1 : 0;
+	p->some_failed = (nbad > 0);
 }
 
 /* Delete published rows past the retention, a bounded chunk at a time. */
@@ -451,10 +459,12 @@ idle(Publisher *p, int rows_read)
 	 * so may have consumed a commit's wake-up: look again at once.  Only an
 	 * empty round (which never waited) or a failing one sleeps.
 	 */
-	if (rows_read > 0 && p->failures == 0)
+	if (rows_read > 0 && p->failures == 0 && !p->some_failed)
 		return;
 	if (p->failures > 0 || rows_read < 0)
 		timeout = Min(100L << Min(p->failures, 10), cs_restart_delay_s * 1000L);
+	else if (p->some_failed)
+		timeout = 100;			/* retry the failed rows soon, without spinning */
 	else
 		timeout = cs_publisher_sweep_ms;
 	/* and wake up for the next purge even when nothing is committed */

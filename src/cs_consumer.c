@@ -69,23 +69,23 @@ typedef struct Consumer
  * *role_oid (InvalidOid for no role configured) or msg with what is missing.
  */
 static bool
-prerequisites_met(Consumer *c, Oid *role_oid, char *msg, size_t msglen)
+prerequisites_met(Consumer *c, Oid *role_oid, char *msg, size_t msglen,
+				  char *hint, size_t hintlen)
 {
 	bool		ok = true;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	*role_oid = c->role[0] ? get_role_oid(c->role, true) : InvalidOid;
-	if (!OidIsValid(get_extension_oid("citizen_sync", true)))
-	{
-		snprintf(msg, msglen, "extension citizen_sync is not installed in database \"%s\"",
-				 c->database);
+	if (!cs_extension_ready(msg, msglen, hint, hintlen))
 		ok = false;
-	}
 	else if (c->role[0] && !OidIsValid(*role_oid))
 	{
 		snprintf(msg, msglen, "role \"%s\" named in citizen_sync.databases does not exist",
 				 c->role);
+		snprintf(hint, hintlen,
+				 "Run SELECT citizen_sync.create_service_roles('<service>') in database \"%s\", or fix citizen_sync.databases.",
+				 c->database);
 		ok = false;
 	}
 	CommitTransactionCommand();
@@ -104,16 +104,20 @@ wait_for_prerequisites(Consumer *c)
 	bool		warned = false;
 	Oid			role_oid = InvalidOid;
 	char		msg[256];
+	char		hint[256];
+	char		last_msg[256] = "";
 
-	while (!cs_got_sigterm && !prerequisites_met(c, &role_oid, msg, sizeof(msg)))
+	while (!cs_got_sigterm &&
+		   !prerequisites_met(c, &role_oid, msg, sizeof(msg), hint, sizeof(hint)))
 	{
 		cs_shmem_set_error(c->slot, msg);
 		cs_shmem_set_state(c->slot, "waiting");
-		if (!warned)
+		if (strcmp(msg, last_msg) != 0)	/* once per reason */
 			ereport(WARNING,
 					(errmsg("citizen_sync: %s", msg),
-					 errhint("Run CREATE EXTENSION citizen_sync and SELECT citizen_sync.create_service_roles('<service>') in database \"%s\"; the consumer checks again every %d s.",
-							 c->database, cs_restart_delay_s)));
+					 errhint("%s The consumer checks again every %d s.",
+							 hint, cs_restart_delay_s)));
+		strlcpy(last_msg, msg, sizeof(last_msg));
 		warned = true;
 		cs_worker_sleep(cs_restart_delay_s * 1000L);
 		cs_worker_reload_config();

@@ -438,12 +438,12 @@ warm_up_step(void *arg)
 }
 
 static bool
-extension_ready(void)
+extension_ready(char *msg, size_t msglen, char *hint, size_t hintlen)
 {
 	bool		ok;
 
 	StartTransactionCommand();
-	ok = OidIsValid(get_extension_oid("citizen_sync", true));
+	ok = cs_extension_ready(msg, msglen, hint, hintlen);
 	CommitTransactionCommand();
 	return ok;
 }
@@ -478,6 +478,9 @@ cs_publisher_main(Datum arg)
 {
 	Publisher	p;
 	bool		warned = false;
+	char		msg[256];
+	char		hint[256];
+	char		last_msg[256] = "";
 
 	memset(&p, 0, sizeof(p));
 	cs_worker_setup_signals();
@@ -485,19 +488,21 @@ cs_publisher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(p.slot->database, NULL, 0);
 	pgstat_report_appname("citizen_sync publisher");
 	cs_worker_session_settings();
-	while (!cs_got_sigterm && !extension_ready())
+	while (!cs_got_sigterm && !extension_ready(msg, sizeof(msg), hint, sizeof(hint)))
 	{
 		cs_shmem_set_state(p.slot, "waiting");
-		cs_shmem_set_error(p.slot, "extension citizen_sync is not installed in the outbox database");
-		if (!warned)
+		cs_shmem_set_error(p.slot, msg);
+		if (strcmp(msg, last_msg) != 0)	/* once per reason */
 			ereport(WARNING,
-					(errmsg("citizen_sync: extension citizen_sync is not installed in database \"%s\"",
-							p.slot->database),
-					 errhint("Run CREATE EXTENSION citizen_sync there, or change citizen_sync.outbox_database.")));
+					(errmsg("citizen_sync: %s", msg),
+					 errhint("%s Or change citizen_sync.outbox_database.", hint)));
+		strlcpy(last_msg, msg, sizeof(last_msg));
 		warned = true;
 		cs_worker_sleep(cs_restart_delay_s * 1000L);
 		cs_worker_reload_config();
 	}
+	if (warned)
+		cs_shmem_set_error(p.slot, "");
 	p.round_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher round",
 										ALLOCSET_DEFAULT_SIZES);
 	kafka_start(&p);

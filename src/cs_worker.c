@@ -12,7 +12,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -20,7 +25,10 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
@@ -199,4 +207,50 @@ cs_worker_session_settings(void)
 	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
 	/* no object of another schema can stand in for a built-in */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+bool
+cs_extension_ready(char *msg, size_t msglen, char *hint, size_t hintlen)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+	const char *db = get_database_name(MyDatabaseId);
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("citizen_sync"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (version == NULL)
+	{
+		snprintf(msg, msglen, "extension citizen_sync is not installed in database \"%s\"", db);
+		snprintf(hint, hintlen, "Run CREATE EXTENSION citizen_sync in database \"%s\".", db);
+		return false;
+	}
+	if (strcmp(version, CS_EXTVERSION) != 0)
+	{
+		snprintf(msg, msglen,
+				 "database \"%s\" has citizen_sync %s but the loaded library is %s",
+				 db, version, CS_EXTVERSION);
+		snprintf(hint, hintlen,
+				 "Run ALTER EXTENSION citizen_sync UPDATE in database \"%s\"; the worker starts once the versions match.",
+				 db);
+		return false;
+	}
+	return true;
 }

@@ -67,6 +67,16 @@ extern void cs_worker_log_kafka(rd_kafka_event_t *ev);
  */
 extern void cs_worker_session_settings(void);
 
+/*
+ * Is the extension installed in the current database at the version of this
+ * library?  Must be called inside a transaction.  Returns true when it is;
+ * otherwise fills msg (what is wrong) and hint (what the DBA should run).
+ * A database still at an older version (the library was upgraded, ALTER
+ * EXTENSION ... UPDATE not yet run) is reported, never used: the SQL objects
+ * a worker relies on may not exist there yet.
+ */
+extern bool cs_extension_ready(char *msg, size_t msglen, char *hint, size_t hintlen);
+
 /* Sleep on the latch (interruptible by SIGTERM/SIGHUP) for up to ms. */
 extern void cs_worker_sleep(long ms);
 

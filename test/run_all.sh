@@ -2,6 +2,10 @@
 # Run every citizen_sync test: the one command of the README (and of .ci/run).
 #
 #   sudo bash test/run_all.sh        (or as root: bash test/run_all.sh)
+#   bash test/run_all.sh regress test/t/002_upgrade.pl ...
+#                                    only the named parts: `regress` for the
+#                                    pg_regress suites, `smoke` for the broker
+#                                    smoke test, and TAP test files
 #
 # On a fresh Debian 12 machine it
 #   1. installs the build and test dependencies with apt-get (when missing),
@@ -120,6 +124,24 @@ if [ "$(id -u)" -eq 0 ]; then
     chown -R "$TEST_USER" "$WORK"
 fi
 
+# What to run: everything, or only the parts named on the command line.
+SELECTED_TAP=()
+RUN_REGRESS=1
+RUN_SMOKE=1
+RUN_TAP=1
+if [ "$#" -gt 0 ]; then
+    RUN_REGRESS=0 RUN_SMOKE=0
+    for a in "$@"; do
+        case "$a" in
+            regress) RUN_REGRESS=1 ;;
+            smoke) RUN_SMOKE=1 ;;
+            *.pl) [ -f "$WORK/$a" ] || die "no such TAP test: $a"; SELECTED_TAP+=("$WORK/$a") ;;
+            *) die "unknown argument '$a' (regress, smoke, or test/t/NNN_name.pl)" ;;
+        esac
+    done
+    [ "${#SELECTED_TAP[@]}" -gt 0 ] || RUN_TAP=0
+fi
+
 FAILED=()
 run_step() {   # run_step NAME COMMAND...: run, time, remember failures
     local name=$1 t0 rc
@@ -153,13 +175,14 @@ regress() {
         return 1
     fi
 }
-run_step "pg_regress suites (sql/)" regress
+[ "$RUN_REGRESS" = 1 ] && run_step "pg_regress suites (sql/)" regress
 
 # --- 4b. TAP ----------------------------------------------------------------
 tap() {
     shopt -s nullglob
     local tests=("$WORK"/test/t/*.pl)
     shopt -u nullglob
+    [ "${#SELECTED_TAP[@]}" -gt 0 ] && tests=("${SELECTED_TAP[@]}")
     if [ "${#tests[@]}" -eq 0 ]; then
         echo "    no TAP tests in test/t"
         return 0
@@ -178,11 +201,13 @@ tap() {
         return 1
     fi
 }
-run_step "TAP tests (test/t/*.pl)" tap
+[ "$RUN_TAP" = 1 ] && run_step "TAP tests (test/t/*.pl)" tap
 
 # --- 4c. broker smoke test --------------------------------------------------
 smoke() { (cd "$WORK" && as_test_user bash test/broker/smoke.sh); }
-if [ -f "$WORK/test/broker/smoke.sh" ]; then
+if [ "$RUN_SMOKE" = 0 ]; then
+    :
+elif [ -f "$WORK/test/broker/smoke.sh" ]; then
     run_step "broker smoke test (test/broker/smoke.sh)" smoke
 else
     say "broker smoke test: test/broker/smoke.sh not present, skipped"

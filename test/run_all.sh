@@ -142,6 +142,11 @@ if [ "$#" -gt 0 ]; then
     [ "${#SELECTED_TAP[@]}" -gt 0 ] || RUN_TAP=0
 fi
 
+# One port lock directory for every test run on this machine, so that runs
+# in parallel (several work trees) never pick the same port.
+export PG_TEST_PORT_DIR=${PG_TEST_PORT_DIR:-${TMPDIR:-/tmp}/citizen_sync_portlock}
+mkdir -p "$PG_TEST_PORT_DIR" && chmod 1777 "$PG_TEST_PORT_DIR" 2>/dev/null || true
+
 FAILED=()
 run_step() {   # run_step NAME COMMAND...: run, time, remember failures
     local name=$1 t0 rc

@@ -3,8 +3,15 @@
  *	  Definition and checking of the citizen_sync.* parameters.
  *
  * Settings the workers read are PGC_SIGHUP: the launcher reacts to a reload.
- * citizen_sync.kafka_properties may hold secrets and is GUC_SUPERUSER_ONLY
- * (hidden from SHOW and pg_settings for everyone else).
+ *
+ * Secrets: PostgreSQL logs the new value of any setting a reload changes
+ * ("parameter ... changed to ...") and shows GUC_SUPERUSER_ONLY settings to
+ * members of pg_read_all_settings, so no setting may hold a secret.
+ * citizen_sync.kafka_properties refuses secret properties (its check hook,
+ * and a ProcessUtility hook that refuses ALTER SYSTEM/SET statements naming
+ * one before PostgreSQL's own refusal would log the statement text); they go
+ * in the file named by citizen_sync.kafka_properties_file, which only the
+ * workers and the launcher read (cs_kafka_conf.c).
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -14,6 +21,8 @@
 #include "cs_config.h"
 #include "cs_guc.h"
 #include "cs_kafka_conf.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "utils/guc.h"
 
 char	   *cs_brokers = NULL;
@@ -23,6 +32,7 @@ char	   *cs_group_id = NULL;
 char	   *cs_outbox_database = NULL;
 char	   *cs_topic_prefix = NULL;
 char	   *cs_kafka_properties = NULL;
+char	   *cs_kafka_properties_file = NULL;
 int			cs_max_event_bytes = 65536;
 int			cs_batch_size = 1000;
 int			cs_batch_wait_ms = 2;
@@ -33,6 +43,8 @@ int			cs_outbox_retention_s = 7 * 24 * 3600;
 int			cs_processed_events_retention_s = 7 * 24 * 3600;
 int			cs_dead_letter_retention_s = 30 * 24 * 3600;
 int			cs_housekeeping_interval_s = 60;
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
 
 static bool
 check_databases(char **newval, void **extra, GucSource source)
@@ -81,27 +93,107 @@ check_topic_prefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* Validate the properties against librdkafka itself, without logging values. */
+/*
+ * Is value acceptable for citizen_sync.kafka_properties: known to librdkafka
+ * and free of secrets?  If not, fills detail and *hint with sentences that
+ * never echo a value.
+ */
+static bool
+kafka_properties_ok(const char *value, char *detail, size_t detaillen,
+					const char **hint)
+{
+	rd_kafka_conf_t *conf;
+	char		key[256];
+	bool		ok;
+
+	if (value == NULL || value[0] == '\0')
+		return true;
+	conf = rd_kafka_conf_new();
+	ok = cs_kafka_conf_apply_properties(conf, value, detail, detaillen);
+	rd_kafka_conf_destroy(conf);
+	if (!ok)
+		*hint = cs_kafka_conf_find_secret(value, key, sizeof(key)) ?
+			"Put secrets in the file named by citizen_sync.kafka_properties_file (one key=value a line, readable only by the server's operating-system user)." :
+			"Write librdkafka properties as key=value pairs separated by semicolons, e.g. 'security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512'.";
+	return ok;
+}
+
 static bool
 check_kafka_properties(char **newval, void **extra, GucSource source)
 {
-	rd_kafka_conf_t *conf;
-	char		errbuf[512];
-	bool		ok;
+	char		detail[512];
+	const char *hint;
 
-	if (*newval == NULL || **newval == '\0')
+	if (kafka_properties_ok(*newval, detail, sizeof(detail), &hint))
 		return true;
-	conf = rd_kafka_conf_new();
-	ok = cs_kafka_conf_apply_properties(conf, *newval, errbuf, sizeof(errbuf));
-	rd_kafka_conf_destroy(conf);
-	if (!ok)
+	/* our own message, so that PostgreSQL does not echo the value */
+	GUC_check_errmsg("invalid value for parameter \"citizen_sync.kafka_properties\"");
+	GUC_check_errdetail("%s", detail);
+	GUC_check_errhint("%s", hint);
+	return false;
+}
+
+/* The SET of an ALTER SYSTEM, SET, ALTER ROLE/DATABASE ... SET statement. */
+static VariableSetStmt *
+variable_set_of(Node *stmt)
+{
+	if (IsA(stmt, VariableSetStmt))
+		return (VariableSetStmt *) stmt;
+	if (IsA(stmt, AlterSystemStmt))
+		return ((AlterSystemStmt *) stmt)->setstmt;
+	if (IsA(stmt, AlterRoleSetStmt))
+		return ((AlterRoleSetStmt *) stmt)->setstmt;
+	if (IsA(stmt, AlterDatabaseSetStmt))
+		return ((AlterDatabaseSetStmt *) stmt)->setstmt;
+	return NULL;
+}
+
+/*
+ * Refuse a statement that would set citizen_sync.kafka_properties to a value
+ * the check hook refuses (a secret, or a malformed item that may be one),
+ * hiding the statement and its context from the server log: PostgreSQL's own
+ * refusal would log the statement text under log_min_error_statement.
+ */
+static void
+refuse_bad_kafka_properties(Node *stmt)
+{
+	VariableSetStmt *set = variable_set_of(stmt);
+	ListCell   *lc;
+
+	if (set == NULL || set->name == NULL ||
+		pg_strcasecmp(set->name, "citizen_sync.kafka_properties") != 0)
+		return;
+	foreach(lc, set->args)
 	{
-		/* our own message, so that PostgreSQL does not echo the value */
-		GUC_check_errmsg("invalid value for parameter \"citizen_sync.kafka_properties\"");
-		GUC_check_errdetail("%s", errbuf);
-		GUC_check_errhint("Write librdkafka properties as key=value pairs separated by semicolons, e.g. 'security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512'.");
+		A_Const    *con = (A_Const *) lfirst(lc);
+		char		detail[512];
+		const char *hint;
+
+		if (IsA(con, A_Const) && !con->isnull && IsA(&con->val, String) &&
+			!kafka_properties_ok(strVal(&con->val), detail, sizeof(detail), &hint))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for parameter \"citizen_sync.kafka_properties\""),
+					 errdetail("%s", detail),
+					 errhint("%s", hint),
+					 errhidestmt(true),
+					 errhidecontext(true)));
 	}
-	return ok;
+}
+
+static void
+cs_guc_process_utility(PlannedStmt *pstmt, const char *queryString,
+					   bool readOnlyTree, ProcessUtilityContext context,
+					   ParamListInfo params, QueryEnvironment *queryEnv,
+					   DestReceiver *dest, QueryCompletion *qc)
+{
+	refuse_bad_kafka_properties(pstmt->utilityStmt);
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context,
+							 params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
 }
 
 static bool
@@ -137,10 +229,15 @@ define_kafka_gucs(void)
 							   NULL, &cs_group_id, "", PGC_SIGHUP, 0,
 							   check_group_id, NULL, NULL);
 	DefineCustomStringVariable("citizen_sync.kafka_properties",
-							   "Extra librdkafka properties (key=value;key=value), e.g. SASL/SSL settings.",
-							   "Visible to superusers only.",
+							   "Extra librdkafka properties (key=value;key=value), e.g. SASL/SSL settings; no secrets.",
+							   "Visible to superusers only.  Properties holding secrets are refused: put them in citizen_sync.kafka_properties_file.",
 							   &cs_kafka_properties, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_kafka_properties, NULL, NULL);
+	DefineCustomStringVariable("citizen_sync.kafka_properties_file",
+							   "File of librdkafka properties (key=value a line), applied after kafka_properties; the place for secrets.",
+							   "It must be owned by the server's operating-system user with permissions 0600 or less (or by root, 0640 or less).  Read at each worker start; a reload restarts the workers when its content changes.",
+							   &cs_kafka_properties_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.batch_size",
 							"Most events a consumer applies in one transaction.",
 							NULL, &cs_batch_size, 1000, 1, 100000, PGC_SIGHUP, 0,
@@ -203,4 +300,6 @@ cs_guc_define(void)
 	define_kafka_gucs();
 	define_publisher_gucs();
 	MarkGUCPrefixReserved("citizen_sync");
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = cs_guc_process_utility;
 }

@@ -19,6 +19,7 @@ extern char *cs_group_id;
 extern char *cs_outbox_database;
 extern char *cs_topic_prefix;
 extern char *cs_kafka_properties;
+extern char *cs_kafka_properties_file;
 extern int	cs_max_event_bytes;
 extern int	cs_batch_size;
 extern int	cs_batch_wait_ms;
@@ -30,6 +31,10 @@ extern int	cs_processed_events_retention_s;
 extern int	cs_dead_letter_retention_s;
 extern int	cs_housekeeping_interval_s;
 
+/*
+ * Define the parameters (from _PG_init) and install the ProcessUtility hook
+ * that keeps secrets of citizen_sync.kafka_properties out of the log.
+ */
 extern void cs_guc_define(void);
 
 #endif							/* CS_GUC_H */

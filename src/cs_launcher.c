@@ -9,12 +9,19 @@
  * launcher when they stop; a worker that failed is restarted after a delay
  * that doubles up to citizen_sync.restart_delay, one that stopped cleanly at
  * once.  When Kafka settings change, every worker is restarted with them.
+ *
+ * The Kafka settings include the content of citizen_sync.kafka_properties_file,
+ * which the launcher reads at start, on reload, before restarting a failed
+ * worker and, while it is unusable, every restart_delay; it keeps only a
+ * digest of it.  While the file is unusable no worker starts (the slots say
+ * why) and running workers keep the configuration they started with.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "cs_config.h"
 #include "cs_guc.h"
+#include "cs_kafka_conf.h"
 #include "cs_shmem.h"
 #include "cs_worker.h"
 #include "miscadmin.h"
@@ -44,12 +51,80 @@ typedef struct LaunchState
 static LaunchState launch[CS_MAX_WORKERS];
 static char *kafka_fingerprint = NULL;
 
+/* The properties file: its problem ("" = usable), when to look again. */
+static char file_problem[384] = "";
+static TimestampTz next_file_check = 0;
+static bool file_check_due = false;
+
 /* The settings whose change requires restarting every worker. */
 static char *
-settings_fingerprint(void)
+settings_fingerprint(uint64 file_digest)
 {
-	return psprintf("%s|%s|%s|%s|%s|%s", cs_brokers, cs_topics, cs_group_id,
-					cs_kafka_properties, cs_topic_prefix, cs_outbox_database);
+	return psprintf("%s|%s|%s|%s|%s|%s|%s|" UINT64_FORMAT, cs_brokers, cs_topics,
+					cs_group_id, cs_kafka_properties, cs_topic_prefix,
+					cs_outbox_database, cs_kafka_properties_file, file_digest);
+}
+
+/*
+ * Show the file problem as slot i's last error ("" clears it, if it is the
+ * one shown); a worker that is not running is waiting for the fix.
+ */
+static void
+show_file_problem(int i, const char *problem, bool waiting)
+{
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	if (problem[0] != '\0' && strcmp(slot->last_error, problem) != 0)
+	{
+		strlcpy(slot->last_error, problem, sizeof(slot->last_error));
+		slot->last_error_at = GetCurrentTimestamp();
+	}
+	else if (problem[0] == '\0' && strcmp(slot->last_error, file_problem) == 0)
+		slot->last_error[0] = '\0';
+	if (waiting)
+		strlcpy(slot->state, "waiting", sizeof(slot->state));
+	LWLockRelease(cs_shared->lock);
+}
+
+/*
+ * Read and check citizen_sync.kafka_properties_file.  A new problem is
+ * logged once (WARNING with DETAIL and HINT, never a value) and shown in the
+ * slots of the running workers; its end is logged too.  Returns whether the
+ * file is usable, with the digest of its content.
+ */
+static bool
+check_properties_file(uint64 *digest)
+{
+	CsKafkaFileStatus st;
+
+	(void) cs_kafka_conf_read_file(cs_kafka_properties_file, NULL, &st);
+	next_file_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  cs_restart_delay_s * 1000L);
+	*digest = st.digest;
+	if (st.ok && file_problem[0] != '\0')
+	{
+		ereport(LOG,
+				(errmsg("citizen_sync: the Kafka properties file \"%s\" is usable again",
+						cs_kafka_properties_file)));
+		for (int i = 0; i < CS_MAX_WORKERS; i++)
+			show_file_problem(i, "", false);
+		file_problem[0] = '\0';
+	}
+	else if (!st.ok && strcmp(st.message, file_problem) != 0)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("citizen_sync: %s", st.message),
+				 errdetail("%s Running workers keep the configuration they started with; no other worker starts until the file is fixed.",
+						   st.detail),
+				 errhint("%s Then reload the configuration (SELECT pg_reload_conf()).", st.hint)));
+		strlcpy(file_problem, st.message, sizeof(file_problem));
+		for (int i = 0; i < CS_MAX_WORKERS; i++)
+			if (launch[i].handle != NULL)
+				show_file_problem(i, file_problem, false);
+	}
+	return st.ok;
 }
 
 /* Recompute which workers are wanted from the current settings. */
@@ -162,6 +237,7 @@ schedule_restart(int i)
 		s->backoff_ms = s->backoff_ms == 0 ? 1000 : Min(s->backoff_ms * 2, max_ms);
 	if (failed)
 	{
+		file_check_due = true;	/* the file may be why: look before the restart */
 		LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 		if (slot->last_error[0] == '\0')
 			snprintf(slot->last_error, sizeof(slot->last_error),
@@ -203,7 +279,13 @@ reconcile(LaunchState *want)
 			s->next_start_at = 0;
 			s->backoff_ms = 0;
 		}
-		if (s->wanted && s->handle == NULL)
+		if (s->wanted && s->handle == NULL && file_problem[0] != '\0')
+		{
+			/* not started until the properties file is fixed */
+			cs_shmem_configure_slot(i, s->kind, s->database, s->role, s->group_id);
+			show_file_problem(i, file_problem, true);
+		}
+		else if (s->wanted && s->handle == NULL)
 		{
 			if (now >= s->next_start_at)
 				start_worker(i);
@@ -211,14 +293,25 @@ reconcile(LaunchState *want)
 				timeout = Min(timeout, (long) ((s->next_start_at - now) / 1000) + 1);
 		}
 	}
+	if (file_problem[0] != '\0')
+		timeout = Min(timeout, Max(1L, (long) ((next_file_check - now) / 1000) + 1));
 	return timeout;
 }
 
-/* On a settings change that workers read once, restart them all. */
+/*
+ * On a change of the settings (or properties file) that workers read once,
+ * restart them all.  While the file is unusable, nothing is restarted.
+ */
 static void
 restart_all_if_settings_changed(void)
 {
-	char	   *fp = settings_fingerprint();
+	uint64		digest;
+	char	   *fp;
+
+	file_check_due = false;
+	if (!check_properties_file(&digest))
+		return;
+	fp = settings_fingerprint(digest);
 
 	if (kafka_fingerprint != NULL && strcmp(fp, kafka_fingerprint) != 0)
 	{
@@ -271,6 +364,9 @@ cs_launcher_main(Datum arg)
 			cs_worker_reload_config();
 			restart_all_if_settings_changed();
 		}
+		else if (file_check_due ||
+				 (file_problem[0] != '\0' && GetCurrentTimestamp() >= next_file_check))
+			restart_all_if_settings_changed();
 	}
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 		stop_worker(&launch[i]);

@@ -22,14 +22,14 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use CitizenSyncTest;
 
-my $node = PostgreSQL::Test::Cluster->new('capture_guards');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'citizen_sync'\n");
-$node->start;
+my $node = CitizenSyncTest::new_plain_node('capture_guards');
 
 $node->safe_psql('postgres', q{
 CREATE ROLE auth_app LOGIN;
@@ -43,11 +43,7 @@ CREATE DATABASE plain_db;
 sub run_sql
 {
 	my ($db, $sql, $as_app) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql($db, $sql,
-		stdout => \$out, stderr => \$err,
-		extra_params => $as_app ? [ '-U', 'auth_app' ] : []);
-	return ($rc == 0, $out, $err);
+	return CitizenSyncTest::run_sql($node, $db, $sql, $as_app ? (user => 'auth_app') : ());
 }
 
 # A database where auth_app owns public.citizens, captured with its

@@ -240,8 +240,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cap record;
-    bad record;
+    cap  record;
+    bad  record;
+    hint text;      -- the way out, for the table at hand
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM @extschema@.captures) THEN
         RETURN;
@@ -280,6 +281,8 @@ BEGIN
     FOR cap IN SELECT c.* FROM @extschema@.captures c
                 WHERE EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid) LOOP
         PERFORM @extschema@.check_capture_safety(cap.source);
+        hint := format('Run citizen_sync.uncapture(%L) if the table should no longer be captured.',
+                       cap.source::text);
 
         SELECT i.inhrelid::regclass AS child INTO bad
           FROM pg_inherits i WHERE i.inhparent = cap.source LIMIT 1;
@@ -288,8 +291,7 @@ BEGIN
                             bad.child, cap.source
                 USING ERRCODE = 'feature_not_supported',
                       DETAIL = 'Changes to the rows of a child table do not fire the parent''s triggers, so they would not be published.',
-                      HINT = format('Run citizen_sync.uncapture(%L) first if the table should no longer be captured.',
-                                    cap.source::text);
+                      HINT = hint;
         END IF;
 
         SELECT col INTO bad
@@ -323,8 +325,7 @@ BEGIN
                 USING ERRCODE = 'feature_not_supported',
                       DETAIL = format('Trigger "%s" calls %s; citizen_sync_capture must call citizen_sync.capture_row() and citizen_sync_no_truncate citizen_sync.refuse_truncate().',
                                       bad.tgname, bad.func),
-                      HINT = format('Run citizen_sync.uncapture(%L) if the table should no longer be captured.',
-                                    cap.source::text);
+                      HINT = hint;
         END IF;
 
         IF TG_TAG <> 'CREATE TRIGGER' THEN
@@ -339,8 +340,7 @@ BEGIN
                                 bad.tgname, cap.source
                     USING ERRCODE = 'feature_not_supported',
                           DETAIL = 'citizen_sync''s triggers stay ENABLE ALWAYS, so that every change is published, with session_replication_role = replica too.',
-                          HINT = format('Run citizen_sync.uncapture(%L) if the table should no longer be captured.',
-                                        cap.source::text);
+                          HINT = hint;
             END IF;
         END IF;
     END LOOP;

@@ -205,7 +205,57 @@ SELECT r.citizen_id, r.event_version = v.last_version AS latest
 -- Redelivering the whole outbox changes nothing: all duplicates.
 SELECT result, count(*) FROM pg_temp.apply_outbox() GROUP BY result;
 
--- Clean up.
+------------------------------------------------------------------------------
+-- The guards: what would let changes escape the capture is refused, for a
+-- superuser too (test/t/402_capture_guards.pl tries each as the owner)
+------------------------------------------------------------------------------
+ALTER TABLE public.citizens DISABLE TRIGGER citizen_sync_capture;
+\echo :SQLSTATE
+ALTER TABLE public.citizens ENABLE REPLICA TRIGGER citizen_sync_capture;
+\echo :SQLSTATE
+DROP TRIGGER citizen_sync_capture ON public.citizens;
+\echo :SQLSTATE
+ALTER TRIGGER citizen_sync_no_truncate ON public.citizens RENAME TO no_truncate;
+\echo :SQLSTATE
+CREATE TABLE public.citizens_child () INHERITS (public.citizens);
+\echo :SQLSTATE
+ALTER TABLE public.citizens RENAME COLUMN email TO mail;
+\echo :SQLSTATE
+ALTER TABLE public.citizens DROP COLUMN phone;
+\echo :SQLSTATE
+DROP TABLE public.citizens;
+\echo :SQLSTATE
+-- Unpublished columns may go; the triggers are as capture() made them.
+ALTER TABLE public.citizens RENAME COLUMN password_hash TO pw_hash;
+SELECT tgname, tgenabled FROM pg_trigger
+ WHERE tgrelid = 'public.citizens'::regclass AND NOT tgisinternal ORDER BY tgname;
+
+-- What cannot be captured.
+CREATE VIEW public.citizens_view AS SELECT * FROM public.citizens;
+SELECT citizen_sync.capture('public.citizens_view', 'citizen_view');
+\echo :SQLSTATE
+CREATE TABLE public.by_city (id bigint, city text) PARTITION BY LIST (city);
+SELECT citizen_sync.capture('public.by_city', 'by_city');
+\echo :SQLSTATE
+CREATE TABLE public.parent_t (id bigint PRIMARY KEY);
+CREATE TABLE public.child_t () INHERITS (public.parent_t);
+SELECT citizen_sync.capture('public.parent_t', 'parent');
+\echo :SQLSTATE
+CREATE ROLE citizen_sync_capture_test_owner NOLOGIN;
+CREATE TYPE public.capture_test_mood AS ENUM ('ok');
+ALTER TYPE public.capture_test_mood OWNER TO citizen_sync_capture_test_owner;
+CREATE TABLE public.moods (id bigint PRIMARY KEY, mood public.capture_test_mood[]);
+SELECT citizen_sync.capture('public.moods', 'mood');
+\echo :SQLSTATE
+SELECT count(*) AS registrations FROM citizen_sync.captures;
+DROP VIEW public.citizens_view;
+DROP TABLE public.by_city, public.parent_t CASCADE;
+DROP TABLE public.moods;
+DROP TYPE public.capture_test_mood;
+DROP ROLE citizen_sync_capture_test_owner;
+
+-- Clean up: uncapture() first (DROP TABLE of a captured table is refused).
+SELECT citizen_sync.uncapture('public.citizens');
 DROP TABLE public.citizens;
 TRUNCATE citizen_sync.outbox RESTART IDENTITY;
 TRUNCATE citizen_sync.aggregate_versions;

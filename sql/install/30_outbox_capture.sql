@@ -80,9 +80,124 @@ AS $$
                 ELSE row_json END
 $$;
 
+-- The role SECURITY DEFINER capture code runs as.  It may write the outbox
+-- and the version counters and read the capture registrations, nothing
+-- else: no login, no membership in any role and no members, so code that
+-- runs as it can neither log in nor SET ROLE anywhere.  Roles are
+-- cluster-wide: a second database with the extension reuses it, and a role
+-- of that name made by someone else is brought to these attributes or, if
+-- it belongs to or contains other roles, refused.
+DO $role$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'citizen_sync_capture') THEN
+        CREATE ROLE citizen_sync_capture NOLOGIN NOINHERIT;
+    END IF;
+    ALTER ROLE citizen_sync_capture NOSUPERUSER NOCREATEDB NOCREATEROLE NOLOGIN NOINHERIT
+        NOREPLICATION NOBYPASSRLS PASSWORD NULL;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                WHERE 'citizen_sync_capture'::pg_catalog.regrole IN (m.roleid, m.member)) THEN
+        RAISE EXCEPTION 'role citizen_sync_capture must not be a member of a role nor have members'
+            USING ERRCODE = 'invalid_role_specification',
+                  DETAIL = 'citizen_sync''s capture code runs as this role; a member could act with its rights, and it could act with the rights of a role it belongs to.',
+                  HINT = 'Revoke its memberships (\du citizen_sync_capture lists them), then try again.';
+    END IF;
+END
+$role$;
+
+-- Refuse a table whose rows cannot be turned into JSON without running code
+-- that a non-superuser controls.  to_jsonb() (capture_row(), source_state())
+-- renders every column, published or not: it looks through domains, into
+-- arrays and composites, and for any other type that is not built in calls
+-- the type's cast to json if there is one, else its output function (a
+-- range's prints its subtype).  So every type reached from a column, through
+-- domains, array elements, composite attributes and range subtypes, must be
+-- built in or owned by a superuser, and so must the functions of its casts
+-- to json (and jsonb) and its output function: a type's owner can add a cast
+-- or an attribute at any time.  Raises 42501 naming the column; reads only
+-- the catalogs.  Used by capture(), source_state() and the event trigger.
+CREATE FUNCTION @extschema@.check_capture_safety(source regclass) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+BEGIN
+    WITH RECURSIVE reached (attnum, attname, coltype, typ, depth) AS (
+        SELECT a.attnum, a.attname, a.atttypid, a.atttypid, 0
+          FROM pg_attribute a
+         WHERE a.attrelid = source AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT r.attnum, r.attname, r.coltype, inner_type.oid, r.depth + 1
+          FROM reached r
+          JOIN pg_type t ON t.oid = r.typ
+         CROSS JOIN LATERAL (
+                SELECT t.typbasetype WHERE t.typtype = 'd'
+                UNION ALL
+                SELECT t.typelem WHERE t.typelem <> 0
+                UNION ALL
+                SELECT ca.atttypid FROM pg_attribute ca
+                 WHERE t.typtype = 'c' AND ca.attrelid = t.typrelid
+                   AND ca.attnum > 0 AND NOT ca.attisdropped
+                UNION ALL
+                SELECT rg.rngsubtype FROM pg_range rg WHERE rg.rngtypid = t.oid
+                UNION ALL
+                SELECT rg.rngtypid FROM pg_range rg WHERE rg.rngmultitypid = t.oid
+               ) AS inner_type (oid)
+         WHERE r.depth < 64
+    ),
+    unsafe (attnum, attname, coltype, typ, depth, rank, why) AS (
+        SELECT r.attnum, r.attname, r.coltype, r.typ, r.depth, 1,
+               format('The cast from %s to %s calls function %s, owned by role "%s", which is not a superuser.',
+                      r.typ::regtype, c.casttarget::regtype, f.oid::regprocedure,
+                      pg_get_userbyid(f.proowner))
+          FROM reached r
+          JOIN pg_cast c ON c.castsource = r.typ
+                        AND c.casttarget IN ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype)
+          JOIN pg_proc f ON f.oid = c.castfunc
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles o WHERE o.oid = f.proowner AND o.rolsuper)
+        UNION ALL
+        SELECT r.attnum, r.attname, r.coltype, r.typ, r.depth, 2,
+               format('The output function %s of type %s is owned by role "%s", which is not a superuser.',
+                      f.oid::regprocedure, r.typ::regtype, pg_get_userbyid(f.proowner))
+          FROM reached r
+          JOIN pg_type t ON t.oid = r.typ
+          JOIN pg_proc f ON f.oid = t.typoutput
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles o WHERE o.oid = f.proowner AND o.rolsuper)
+        UNION ALL
+        SELECT r.attnum, r.attname, r.coltype, r.typ, r.depth, 3,
+               format('Type %s is owned by role "%s", which is not a superuser: the owner of a type decides what turning it into JSON runs, and citizen_sync does that with rights the owner does not have.',
+                      r.typ::regtype, pg_get_userbyid(t.typowner))
+          FROM reached r
+          JOIN pg_type t ON t.oid = r.typ
+         WHERE t.oid >= 16384          -- FirstNormalObjectId: not built in
+           AND NOT EXISTS (SELECT 1 FROM pg_roles o WHERE o.oid = t.typowner AND o.rolsuper)
+    )
+    SELECT u.attname, u.coltype::regtype AS coltype, u.typ::regtype AS typ, u.why
+      INTO bad
+      FROM unsafe u
+     ORDER BY u.attnum, u.rank, u.depth DESC
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'column "%" of table % has type %, which %', bad.attname, source,
+                        bad.coltype,
+                        CASE WHEN bad.typ = bad.coltype THEN 'a non-superuser controls'
+                             ELSE format('contains type %s that a non-superuser controls', bad.typ) END
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = bad.why,
+                  HINT = 'Have a superuser own the type and the functions of its casts to json (ALTER TYPE ... OWNER TO, ALTER FUNCTION ... OWNER TO), or give the column a built-in type.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.check_capture_safety(regclass) IS
+    'Raise if turning the table''s rows into JSON could run code a non-superuser controls (a type, cast or output function it owns)';
+
 -- Row trigger of captured tables.  TG_ARGV: aggregate_type, id column, then
--- the published columns (none = all).  SECURITY DEFINER so that application
--- roles need no privilege on the outbox and cannot forge events.
+-- the published columns (none = all).  SECURITY DEFINER, owned by
+-- citizen_sync_capture, so that application roles need no privilege on the
+-- outbox and cannot forge events, while what it runs has only that role's
+-- rights.  check_capture_safety() keeps the types of captured tables free
+-- of code non-superusers control (at capture() and at every DDL, through
+-- the event trigger), so nothing is checked per row here.
 CREATE FUNCTION @extschema@.capture_row() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -141,6 +256,10 @@ CREATE FUNCTION @extschema@.notify_publisher() RETURNS void
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'citizen_sync_notify_publisher';
 
+-- Attach the capture to an ordinary table: checks, then the row trigger and
+-- the TRUNCATE guard, both ENABLE ALWAYS (they fire also with
+-- session_replication_role = replica), then the registration that the event
+-- trigger guards.  Rerunnable: replaces an earlier capture of the table.
 CREATE FUNCTION @extschema@.capture(source regclass, aggregate_type text,
                                     columns text[] DEFAULT NULL,
                                     id_column name DEFAULT 'id')
@@ -149,13 +268,28 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    args text;
-    col  text;
+    args  text;
+    col   text;
+    rel   record;
 BEGIN
     IF aggregate_type IS NULL OR aggregate_type !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid aggregate type %', quote_nullable(aggregate_type)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use a lower-case name such as ''citizen''; the topic is citizen_sync.topic_prefix followed by it.';
+    END IF;
+    SELECT c.relkind, o.rolname, o.rolcanlogin, o.rolsuper INTO rel
+      FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
+     WHERE c.oid = source;
+    IF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION 'cannot capture %, it is not an ordinary table', source
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'citizen_sync captures ordinary tables (a partition is one), not partitioned tables, views or foreign tables.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = source) THEN
+        RAISE EXCEPTION 'cannot capture %, it has inheritance children', source
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Changes to the rows of a child table do not fire the parent''s triggers, so they would not be published.',
+                  HINT = 'Detach the children (ALTER TABLE ... NO INHERIT) first.';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_attribute
                     WHERE attrelid = source AND attname = id_column
@@ -172,6 +306,12 @@ BEGIN
                 USING ERRCODE = 'undefined_column';
         END IF;
     END LOOP;
+    PERFORM @extschema@.check_capture_safety(source);
+    IF rel.rolcanlogin AND NOT rel.rolsuper THEN
+        RAISE WARNING 'table % is owned by role "%", which can log in', source, rel.rolname
+            USING DETAIL = 'The owner of a table can alter it and its triggers; citizen_sync refuses the changes that would bypass the capture, but an application that connects as the owner holds more rights than it needs.',
+                  HINT = 'Have a NOLOGIN role own the table (ALTER TABLE ... OWNER TO ...) and grant the application role only SELECT, INSERT, UPDATE and DELETE on it.';
+    END IF;
     IF columns IS NOT NULL AND NOT (id_column::text = ANY (columns)) THEN
         columns := array_prepend(id_column::text, columns);
     END IF;
@@ -184,12 +324,14 @@ BEGIN
     -- forget registrations of tables dropped since they were captured
     DELETE FROM @extschema@.captures c
      WHERE NOT EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid);
-    INSERT INTO @extschema@.captures (source, aggregate_type, id_column, columns)
-    VALUES (source, aggregate_type, id_column, columns);
     EXECUTE format('CREATE TRIGGER citizen_sync_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION @extschema@.capture_row(%s)', source, args);
     EXECUTE format('CREATE TRIGGER citizen_sync_no_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_truncate()', source);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER citizen_sync_capture, '
+                   'ENABLE ALWAYS TRIGGER citizen_sync_no_truncate', source);
+    INSERT INTO @extschema@.captures (source, aggregate_type, id_column, columns)
+    VALUES (source, aggregate_type, id_column, columns);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.capture(regclass, text, text[], name) IS
@@ -202,14 +344,157 @@ AS $$
 DECLARE
     t name;
 BEGIN
+    -- The registration goes first: the event trigger lets the triggers be
+    -- dropped only once the table is no longer captured.
+    DELETE FROM @extschema@.captures c WHERE c.source = uncapture.source;
     FOR t IN SELECT tgname FROM pg_trigger
               WHERE tgrelid = source
                 AND tgname IN ('citizen_sync_capture', 'citizen_sync_no_truncate') LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t, source);
     END LOOP;
-    DELETE FROM @extschema@.captures c WHERE c.source = uncapture.source;
 END
 $$;
+
+-- The event triggers' function.  After DDL that could let changes of a
+-- captured table escape the capture, or make capturing it unsafe, it checks
+-- every captured table and raises, which rolls the DDL back.  Refused:
+-- dropping a captured table or its triggers (uncapture() deletes the
+-- registration first); disabling them, or enabling them other than ALWAYS;
+-- replacing or renaming them; inheritance children and partitions of a
+-- captured table; dropping or renaming a column the capture names; a column
+-- type that a non-superuser controls (check_capture_safety()).
+--
+-- Cheap: nothing is read but the registrations when nothing is captured, and
+-- a few catalog rows per captured table otherwise; the ddl_command_end
+-- trigger fires only for the command tags that can change these things.
+-- Restores: pg_dump loads the registrations before it creates the triggers
+-- (so a missing trigger is not an error here, only dropping one is), and
+-- creates each trigger in a statement of its own before the ALTER TABLE that
+-- enables it ALWAYS (so CREATE TRIGGER is not checked for ALWAYS).
+-- SECURITY DEFINER (as citizen_sync_capture) because whoever runs the DDL
+-- may not read the registrations; it reads only them and the catalogs.
+CREATE FUNCTION @extschema@.guard_captures() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cap  record;
+    bad  record;
+    hint text;      -- the way out, for the table at hand
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.captures) THEN
+        RETURN;
+    END IF;
+
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT d.object_identity INTO bad
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN @extschema@.captures c ON c.source::oid = d.objid
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot drop table %, its changes are captured by citizen_sync',
+                            bad.object_identity
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Dropping it would remove its rows without publishing their deletion.',
+                      HINT = 'Delete its rows first if the caches should see them go, then run citizen_sync.uncapture() on it and drop it.';
+        END IF;
+        -- a trigger's address is {schema, table, trigger}
+        SELECT d.address_names[3] AS tgname, c.source INTO bad
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN @extschema@.captures c
+            ON c.source::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
+         WHERE d.object_type = 'trigger'
+           AND d.address_names[3] IN ('citizen_sync_capture', 'citizen_sync_no_truncate')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot drop trigger "%" on table %, its changes are captured by citizen_sync',
+                            bad.tgname, bad.source
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = format('Run citizen_sync.uncapture(%L) if the table should no longer be captured.',
+                                    bad.source::text);
+        END IF;
+    END IF;
+
+    FOR cap IN SELECT c.* FROM @extschema@.captures c
+                WHERE EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid) LOOP
+        PERFORM @extschema@.check_capture_safety(cap.source);
+        hint := format('Run citizen_sync.uncapture(%L) if the table should no longer be captured.',
+                       cap.source::text);
+
+        SELECT i.inhrelid::regclass AS child INTO bad
+          FROM pg_inherits i WHERE i.inhparent = cap.source LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot make % a child or partition of table %, its changes are captured by citizen_sync',
+                            bad.child, cap.source
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Changes to the rows of a child table do not fire the parent''s triggers, so they would not be published.',
+                      HINT = hint;
+        END IF;
+
+        SELECT col INTO bad
+          FROM unnest(array_prepend(cap.id_column::text, COALESCE(cap.columns, '{}'))) AS col
+         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = cap.source AND a.attname = col
+                              AND a.attnum > 0 AND NOT a.attisdropped)
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot drop or rename column "%" of table %, it is captured by citizen_sync',
+                            bad.col, cap.source
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'The capture publishes this column, or identifies rows by it.',
+                      HINT = 'Capture the table again without it first (citizen_sync.capture() with the new column list).';
+        END IF;
+
+        SELECT t.tgname, t.tgfoid::regprocedure AS func INTO bad
+          FROM pg_trigger t
+         WHERE t.tgrelid = cap.source
+           AND (t.tgname IN ('citizen_sync_capture', 'citizen_sync_no_truncate')
+                OR t.tgfoid IN ('@extschema@.capture_row()'::regprocedure,
+                                '@extschema@.refuse_truncate()'::regprocedure))
+           AND t.tgfoid IS DISTINCT FROM
+               CASE t.tgname WHEN 'citizen_sync_capture' THEN '@extschema@.capture_row()'::regprocedure
+                             WHEN 'citizen_sync_no_truncate' THEN '@extschema@.refuse_truncate()'::regprocedure
+               END
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot replace or rename trigger "%" on table %, its changes are captured by citizen_sync',
+                            bad.tgname, cap.source
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = format('Trigger "%s" calls %s; citizen_sync_capture must call citizen_sync.capture_row() and citizen_sync_no_truncate citizen_sync.refuse_truncate().',
+                                      bad.tgname, bad.func),
+                      HINT = hint;
+        END IF;
+
+        IF TG_TAG <> 'CREATE TRIGGER' THEN
+            SELECT t.tgname INTO bad
+              FROM pg_trigger t
+             WHERE t.tgrelid = cap.source
+               AND t.tgname IN ('citizen_sync_capture', 'citizen_sync_no_truncate')
+               AND t.tgenabled <> 'A'
+             LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'cannot disable trigger "%" on table %, its changes are captured by citizen_sync',
+                                bad.tgname, cap.source
+                    USING ERRCODE = 'feature_not_supported',
+                          DETAIL = 'citizen_sync''s triggers stay ENABLE ALWAYS, so that every change is published, with session_replication_role = replica too.',
+                          HINT = hint;
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER citizen_sync_guard ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE',
+                 'CREATE TRIGGER', 'ALTER TRIGGER', 'ALTER TYPE', 'ALTER DOMAIN',
+                 'CREATE CAST', 'ALTER FUNCTION', 'ALTER ROUTINE')
+    EXECUTE FUNCTION @extschema@.guard_captures();
+CREATE EVENT TRIGGER citizen_sync_guard_drop ON sql_drop
+    EXECUTE FUNCTION @extschema@.guard_captures();
+ALTER EVENT TRIGGER citizen_sync_guard ENABLE ALWAYS;
+ALTER EVENT TRIGGER citizen_sync_guard_drop ENABLE ALWAYS;
 
 REVOKE ALL ON @extschema@.outbox, @extschema@.aggregate_versions, @extschema@.captures FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.capture(regclass, text, text[], name) FROM PUBLIC;
@@ -217,6 +502,18 @@ REVOKE ALL ON FUNCTION @extschema@.uncapture(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.capture_row() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.emit_change(text, bigint, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.notify_publisher() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.guard_captures() FROM PUBLIC;
+-- What citizen_sync_capture holds: exactly what capture_row() and
+-- guard_captures() need.
+GRANT USAGE ON SCHEMA @extschema@ TO citizen_sync_capture;
+GRANT INSERT ON @extschema@.outbox TO citizen_sync_capture;
+GRANT USAGE ON SEQUENCE @extschema@.outbox_id_seq TO citizen_sync_capture;
+GRANT SELECT, INSERT, UPDATE ON @extschema@.aggregate_versions TO citizen_sync_capture;
+GRANT SELECT ON @extschema@.captures TO citizen_sync_capture;
+GRANT EXECUTE ON FUNCTION @extschema@.emit_change(text, bigint, text, jsonb),
+                          @extschema@.notify_publisher() TO citizen_sync_capture;
+ALTER FUNCTION @extschema@.capture_row() OWNER TO citizen_sync_capture;
+ALTER FUNCTION @extschema@.guard_captures() OWNER TO citizen_sync_capture;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.aggregate_versions', '');

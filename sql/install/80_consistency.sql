@@ -3,7 +3,12 @@
 ------------------------------------------------------------------------------
 
 -- Source side: the current state of every aggregate of a captured table,
--- including rows that existed before capture() (version NULL).
+-- including rows that existed before capture() (version NULL).  Run by a
+-- superuser (heal() over dblink), it renders the table's rows with
+-- to_jsonb() as capture_row() does, so it first refuses a table whose types
+-- would run code a non-superuser controls (check_capture_safety()): the
+-- event trigger keeps captured tables safe, but not through what it cannot
+-- see (a type owner demoted from superuser, the event trigger disabled).
 CREATE FUNCTION @extschema@.source_state(aggregate_type text DEFAULT 'citizen')
 RETURNS TABLE (id bigint, version bigint, present boolean, changed_at timestamptz, snapshot jsonb)
 LANGUAGE plpgsql STABLE
@@ -20,6 +25,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Run citizen_sync.capture() on the source table first (in the auth database).';
     END IF;
+    PERFORM @extschema@.check_capture_safety(cap.source);
     RETURN QUERY EXECUTE format(
         'SELECT COALESCE((t.j ->> %L)::bigint, v.aggregate_id), v.last_version, t.j IS NOT NULL,
                 v.last_changed_at, @extschema@.published_columns(t.j, $2)

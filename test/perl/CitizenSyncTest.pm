@@ -866,6 +866,46 @@ SELECT count(*) FROM citizen_sync.consumer_lag WHERE database = '$db'}, $n);
 	return $ok;
 }
 
+=pod
+
+=item new_plain_node($name)
+
+Creates and starts a UTF8 node with the library preloaded and no worker
+configured (no broker): for tests of the SQL side only.
+
+=cut
+
+sub new_plain_node
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+
+	$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'citizen_sync'\n");
+	$node->start;
+	return $node;
+}
+
+=pod
+
+=item run_sql($node, $db, $sql, %opts)
+
+Runs $sql in $db with psql, stopping at the first error, as role C<user>
+when given.  Returns (succeeded, stdout, stderr), so that a test can look
+at what an expected error, WARNING or NOTICE says.
+
+=cut
+
+sub run_sql
+{
+	my ($node, $db, $sql, %opts) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql($db, $sql,
+		stdout => \$out, stderr => \$err,
+		extra_params => $opts{user} ? [ '-U', $opts{user} ] : []);
+	return ($rc == 0, $out, $err);
+}
+
 1;
 
 =pod

@@ -12,9 +12,9 @@
  * The raw text goes through cs_event_scan() before json-c: it decodes
  * escaped surrogate pairs (json-c 0.16 gets some wrong), refuses lone
  * surrogates and \u0000 (json-c cuts keys at it), limits the nesting and
- * finds duplicate keys among the fields read.  Besides palloc and the error
- * codes, the only backend-free dependencies are json-c and libpgcommon's
- * UTF-8 functions, so test/fuzz/ can build this file outside the server.
+ * finds duplicate keys among the fields read.  Of the backend this file
+ * uses only palloc (and cs_event_report() ereport), so test/fuzz/ builds it,
+ * as it is, into a libFuzzer harness with json-c and libpgcommon.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

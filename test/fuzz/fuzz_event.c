@@ -148,6 +148,31 @@ ref_put_utf8(uint32_t cp, uint8_t *out)
 		out[2] = 0x80 | ((cp >> 6) & 0x3F), out[3] = 0x80 | (cp & 0x3F), 4;
 }
 
+/* The character a two-character escape \c stands for, or -1. */
+static int
+ref_simple_escape(uint8_t c)
+{
+	switch (c)
+	{
+		case '"':
+		case '\\':
+		case '/':
+			return c;
+		case 'b':
+			return '\b';
+		case 'f':
+			return '\f';
+		case 'n':
+			return '\n';
+		case 'r':
+			return '\r';
+		case 't':
+			return '\t';
+		default:
+			return -1;
+	}
+}
+
 typedef enum RefStatus
 {
 	REF_OK,
@@ -186,38 +211,15 @@ ref_decode(const uint8_t *s, size_t n, uint8_t *out, size_t *outlen)
 		}
 		if (i + 1 >= n)
 			return REF_OTHER;
-		switch (s[i + 1])
+		if (s[i + 1] != 'u')
 		{
-			case '"':
-			case '\\':
-			case '/':
-				out[o++] = s[i + 1];
-				i += 2;
-				continue;
-			case 'b':
-				out[o++] = '\b';
-				i += 2;
-				continue;
-			case 'f':
-				out[o++] = '\f';
-				i += 2;
-				continue;
-			case 'n':
-				out[o++] = '\n';
-				i += 2;
-				continue;
-			case 'r':
-				out[o++] = '\r';
-				i += 2;
-				continue;
-			case 't':
-				out[o++] = '\t';
-				i += 2;
-				continue;
-			case 'u':
-				break;
-			default:
+			int			c = ref_simple_escape(s[i + 1]);
+
+			if (c < 0)
 				return REF_OTHER;
+			out[o++] = c;
+			i += 2;
+			continue;
 		}
 		hi = ref_hex4(s, n, i + 2);
 		if (hi < 0)

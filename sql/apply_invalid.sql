@@ -172,6 +172,14 @@ SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "deep": '
 SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "deep": '
                                 || repeat('[', 100) || repeat(']', 100) || '}');
 \echo :SQLSTATE
+-- the boundary: the event object is level 1, so 32 more levels make 33
+-- (32 are accepted: see the end of this file)
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "deep": '
+                                || repeat('[', 32) || repeat(']', 32) || '}');
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "deep": '
+                                || repeat('{"a": ', 31) || '{}' || repeat('}', 31) || '}');
+\echo :SQLSTATE
 
 ------------------------------------------------------------------------------
 -- Strings: NUL, length, encoding
@@ -180,6 +188,65 @@ SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "deep": '
 SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria\u0000Garcia'));
 \echo :SQLSTATE
 SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'evt_bad', 'evt\u0000bad'));
+\echo :SQLSTATE
+-- \u0000 in a key: json-c would cut the key at the NUL, and the cut key
+-- would override the real one (Mallory for Alice, an update turned into a
+-- delete); any \u0000, in a key or in a value we do not read, is refused
+-- (22P05, as PostgreSQL's jsonb does)
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"name": "Maria Garcia"',
+                                        '"name": "Alice", "name\u0000": "Mallory"'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"event_id"',
+                                        '"event_type\u0000": "citizen.deleted", "event_id"'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "note": "a\u0000b"}');
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "x": [{"\u0000": 1}]}');
+\echo :SQLSTATE
+-- PostgreSQL's own parser, for reference
+SELECT '{"name\u0000": 1}'::jsonb;
+\echo :SQLSTATE
+-- a raw NUL byte cannot reach apply_event (text cannot hold it); from Kafka
+-- it is refused like invalid UTF-8 (22021): see test/t/104_poison.pl
+
+-- lone or mismatched surrogate escapes (22P02, as PostgreSQL's json parser)
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \ud876 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria Garcia\ud876'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \udc00 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \ud876\ud876 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \uDBFF\u0041 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \ud876\\udc00 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, 'Maria Garcia', 'Maria \udc00\ud876 Garcia'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "\ud876": 1}');
+\echo :SQLSTATE
+SELECT '"\ud876"'::jsonb;
+\echo :SQLSTATE
+
+------------------------------------------------------------------------------
+-- Duplicate keys among the fields the parser reads (22030): which one wins
+-- differs between JSON parsers, so the event is ambiguous
+------------------------------------------------------------------------------
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"name": "Maria Garcia"',
+                                        '"name": "Alice", "name": "Mallory"'));
+\echo :SQLSTATE
+-- the same key spelled with an escape
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"name": "Maria Garcia"',
+                                        '"name": "Alice", "nam\u0065": "Mallory"'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"event_id"',
+                                        '"event_type": "citizen.deleted", "event_id"'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(replace(pg_temp.good()::text, '"citizen_id": 500',
+                                        '"citizen_id": 500, "citizen_id": 501'));
+\echo :SQLSTATE
+SELECT citizen_sync.apply_event(left(pg_temp.good()::text, -1) || ', "data": {"citizen_id": 502}}');
 \echo :SQLSTATE
 -- 256 characters of name (limit 255), and too long for the other columns
 SELECT citizen_sync.apply_event(jsonb_set(pg_temp.good(), '{data,snapshot,name}', to_jsonb(repeat('n', 256)))::text);
@@ -300,3 +367,46 @@ SELECT citizen_sync.apply_event('null');
 \echo :SQLSTATE
 SELECT citizen_sync.apply_event('"citizen.created"');
 \echo :SQLSTATE
+
+------------------------------------------------------------------------------
+-- What was sent is what is stored: escaped surrogate pairs, compared with
+-- PostgreSQL's own jsonb decoding and with chr(), for the first, last and
+-- boundary code points of every supplementary plane (json-c alone turned
+-- U+xD800..U+xDFFF into U+FFFD)
+------------------------------------------------------------------------------
+CREATE TEMP TABLE astral AS
+SELECT row_number() OVER (ORDER BY cp) + 1000 AS cid, cp,
+       format('\u%s\u%s', to_hex(55296 + ((cp - 65536) >> 10)),
+              upper(to_hex(56320 + ((cp - 65536) & 1023)))) AS esc
+  FROM (SELECT plane * 65536 + low AS cp
+          FROM generate_series(1, 16) plane,
+               unnest(ARRAY[0, 55296, 56319, 56320, 57343, 65535]) low
+        UNION VALUES (128512), (129489)) c;
+SELECT count(*) AS code_points, min(esc) AS first_escape, max(esc) AS last_escape FROM astral;
+SELECT count(*) AS applied
+  FROM astral a,
+       citizen_sync.apply_event(replace(pg_temp.good('evt_astral_' || a.cp, 1, a.cid)::text,
+                                        'Maria Garcia', 'A' || a.esc || 'Z')) r
+ WHERE r = 'applied';
+SELECT a.cp, a.esc, encode(convert_to(c.name, 'UTF8'), 'hex') AS stored,
+       encode(convert_to(('"A' || a.esc || 'Z"')::jsonb #>> '{}', 'UTF8'), 'hex') AS jsonb
+  FROM astral a LEFT JOIN cache.citizen_refs c ON c.citizen_id = a.cid
+ WHERE c.name IS DISTINCT FROM ('"A' || a.esc || 'Z"')::jsonb #>> '{}'
+    OR c.name IS DISTINCT FROM 'A' || chr(a.cp) || 'Z';
+SELECT a.esc, c.name, encode(convert_to(c.name, 'UTF8'), 'hex') AS utf8
+  FROM astral a JOIN cache.citizen_refs c ON c.citizen_id = a.cid
+ WHERE a.cp IN (65536, 186368, 1114111, 128512);
+-- escapes in keys are decoded too, and an escaped backslash is not an escape
+SELECT citizen_sync.apply_event(replace(replace(pg_temp.good('evt_keys', 1, 720)::text,
+                                        '"name": "Maria Garcia"', '"n\u0061me": "x\\u0000y\\ud800"'),
+                                '"city"', '"\ud83d\ude00": "\ud83d\ude00", "city"'));
+SELECT name, name = E'x\\u0000y\\ud800' AS verbatim FROM cache.citizen_refs WHERE citizen_id = 720;
+-- duplicates of fields the parser does not read are allowed (the last wins,
+-- as in jsonb), also a read field's name inside an unknown object
+SELECT citizen_sync.apply_event(left(pg_temp.good('evt_dup_ok', 1, 721)::text, -1)
+                                || ', "x": 1, "x": 2, "other": {"name": "a", "name": "b"}}');
+-- exactly 32 levels of nesting are accepted (the event object is level 1)
+SELECT citizen_sync.apply_event(left(pg_temp.good('evt_deep_32a', 1, 722)::text, -1) || ', "deep": '
+                                || repeat('[', 31) || '1' || repeat(']', 31) || '}');
+SELECT citizen_sync.apply_event(left(pg_temp.good('evt_deep_32b', 1, 723)::text, -1) || ', "deep": '
+                                || repeat('{"a": ', 30) || '{"b": "s"}' || repeat('}', 30) || '}');

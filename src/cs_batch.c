@@ -82,8 +82,8 @@ parse_messages(const CsMessage *msgs, int n, CsEvent *events,
 		CsEventError err;
 
 		results[i] = CS_RESULT_APPLIED;
-		if (!cs_event_parse(msgs[i].payload ? msgs[i].payload : "",
-							msgs[i].payload ? msgs[i].len : 0, &events[i], &err))
+		/* a null value (tombstone) is refused by the parser as such */
+		if (!cs_event_parse(msgs[i].payload, msgs[i].len, &events[i], &err))
 		{
 			results[i] = CS_RESULT_INVALID;
 			cs_dead_letter_store(&msgs[i], events[i].event_id,

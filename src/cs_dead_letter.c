@@ -72,7 +72,9 @@ cs_dead_letter_store(const CsMessage *msg, const char *event_id,
 	char		nulls[9];
 
 	memset(nulls, ' ', sizeof(nulls));
-	values[0] = bytes_datum(msg->payload ? msg->payload : "", msg->payload ? msg->len : 0);
+	/* a null value (tombstone) stays NULL, distinct from an empty one */
+	values[0] = msg->payload ? bytes_datum(msg->payload, msg->len) : (Datum) 0;
+	nulls[0] = msg->payload ? ' ' : 'n';
 	values[1] = msg->key ? bytes_datum(msg->key, msg->key_len) : (Datum) 0;
 	nulls[1] = msg->key ? ' ' : 'n';
 	values[2] = msg->topic ? safe_text(msg->topic) : (Datum) 0;

@@ -8,6 +8,13 @@
  * cache (types, versions, ids, lengths, encoding) and lenient where the wire
  * format allows it (unknown fields are ignored, unknown event types are
  * reported as CS_EVENT_UNKNOWN rather than rejected).
+ *
+ * The raw text goes through cs_event_scan() before json-c: it decodes
+ * escaped surrogate pairs (json-c 0.16 gets some wrong), refuses lone
+ * surrogates and \u0000 (json-c cuts keys at it), limits the nesting and
+ * finds duplicate keys among the fields read.  Of the backend this file
+ * uses only palloc (and cs_event_report() ereport), so test/fuzz/ builds it,
+ * as it is, into a libFuzzer harness with json-c and libpgcommon.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -15,6 +22,7 @@
 #include <json-c/json.h>
 
 #include "cs_event.h"
+#include "cs_event_scan.h"
 #include "cs_guc.h"
 #include "cs_timestamp.h"
 #include "mb/pg_wchar.h"
@@ -36,6 +44,17 @@ fail(CsEventError *err, int sqlstate, const char *field, const char *fmt,...)
 	vsnprintf(err->detail, sizeof(err->detail), fmt, ap);
 	va_end(ap);
 	return false;
+}
+
+/* Characters in len bytes of valid UTF-8 (the database is UTF-8). */
+static int
+utf8_chars(const char *s, int len)
+{
+	int			n = 0;
+
+	for (int i = 0; i < len; i++)
+		n += ((unsigned char) s[i] & 0xC0) != 0x80;
+	return n;
 }
 
 static const char *
@@ -86,13 +105,13 @@ get_string(json_object *obj, const char *key, const char *path, bool required,
 					json_type_label(val));
 	s = json_object_get_string(val);
 	len = json_object_get_string_len(val);
-	if ((int) strlen(s) != len)
+	if ((int) strlen(s) != len)	/* cannot happen: the scan refuses \u0000 */
 		return fail(err, ERRCODE_UNTRANSLATABLE_CHARACTER, path,
 					"Field \"%s\" contains a NUL character.", path);
 	if (required && len == 0)
 		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
 					"Field \"%s\" must not be empty.", path);
-	if (pg_mbstrlen_with_len(s, len) > max_chars)
+	if (utf8_chars(s, len) > max_chars)
 		return fail(err, ERRCODE_STRING_DATA_RIGHT_TRUNCATION, path,
 					"Field \"%s\" is longer than %d characters.", path, max_chars);
 	*out = pnstrdup(s, len);
@@ -287,23 +306,28 @@ tokenize_all(json_tokener *tok, const char *raw, size_t len,
 	return root;
 }
 
-/* Tokenize raw bytes into a JSON value, or explain why not. */
+/*
+ * Tokenize the scanned text (see cs_event_scan()) into a JSON value, or
+ * explain why not.  The scan has already limited the nesting to
+ * CS_MAX_EVENT_DEPTH containers; json-c also counts the scalar inside the
+ * deepest one, hence its limit of one more.
+ */
 static json_object *
-tokenize(const char *raw, size_t len, CsEventError *err)
+tokenize(const char *text, size_t len, CsEventError *err)
 {
 	json_tokener *tok;
 	json_object *root;
 	enum json_tokener_error jerr;
 	bool		trailing;
 
-	tok = json_tokener_new_ex(CS_MAX_EVENT_DEPTH);
+	tok = json_tokener_new_ex(CS_MAX_EVENT_DEPTH + 1);
 	if (tok == NULL)
 	{
 		fail(err, ERRCODE_OUT_OF_MEMORY, NULL, "Could not allocate a JSON parser.");
 		return NULL;
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-	root = tokenize_all(tok, raw, len, &jerr, &trailing);
+	root = tokenize_all(tok, text, len, &jerr, &trailing);
 	if (trailing)
 		fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
 			 "Unexpected data after the JSON value at byte %zu.",
@@ -328,31 +352,110 @@ tokenize(const char *raw, size_t len, CsEventError *err)
 	return root;
 }
 
-bool
-cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
+/*
+ * The checks on the bytes themselves: present, not empty, not too large,
+ * valid UTF-8 without NUL bytes.
+ */
+static bool
+check_bytes(const char *raw, size_t len, CsEventError *err)
 {
-	json_object *root;
-	bool		ok;
+	int			valid;
 
-	memset(ev, 0, sizeof(*ev));
-	memset(err, 0, sizeof(*err));
+	if (raw == NULL)
+		return fail(err, ERRCODE_NULL_VALUE_NOT_ALLOWED, NULL,
+					"The message value is null (a Kafka tombstone), not an event.");
+	if (len == 0)
+		return fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, NULL,
+					"The event is empty (0 bytes).");
 	if (len > (size_t) cs_max_event_bytes)
 		return fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, NULL,
 					"The event is %zu bytes, more than citizen_sync.max_event_size (%d bytes).",
 					len, cs_max_event_bytes);
-	if (pg_encoding_verifymbstr(PG_UTF8, raw, (int) len) != (int) len)
+	valid = pg_encoding_verifymbstr(PG_UTF8, raw, (int) len);
+	if (valid != (int) len && raw[valid] == '\0')
 		return fail(err, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, NULL,
-					"The event is not valid UTF-8 (or contains a NUL byte).");
-	root = tokenize(raw, len, err);
-	if (root == NULL)
-		return false;
-	if (!json_object_is_type(root, json_type_object))
-		ok = fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
-				  "The event must be a JSON object, not %s.", json_type_label(root));
+					"The event contains a NUL byte at byte %d.", valid);
+	if (valid != (int) len)
+		return fail(err, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, NULL,
+					"The event is not valid UTF-8 at byte %d.", valid);
+	return true;
+}
+
+/* Explain in *err the problem cs_event_scan() found; returns false. */
+static bool
+scan_error(const CsEventScan *scan, CsEventError *err)
+{
+	char		where[96];
+
+	if (scan->in_key && scan->field[0])
+		snprintf(where, sizeof(where), "A key in \"%s\"", scan->field);
+	else if (scan->in_key)
+		snprintf(where, sizeof(where), "A key in the event");
+	else if (scan->field[0])
+		snprintf(where, sizeof(where), "Field \"%s\"", scan->field);
 	else
-		ok = parse_header(root, ev, err) &&
-			(ev->type == CS_EVENT_UNKNOWN || parse_data(root, ev, err));
-	json_object_put(root);
+		snprintf(where, sizeof(where), "The event");
+
+	switch (scan->status)
+	{
+		case CS_SCAN_NUL_ESCAPE:
+			return fail(err, ERRCODE_UNTRANSLATABLE_CHARACTER, scan->field,
+						"%s contains the escape \\u0000 at byte %zu; text cannot hold NUL characters.",
+						where, scan->offset);
+		case CS_SCAN_LONE_HIGH:
+			return fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, scan->field,
+						"%s contains the high surrogate escape \\u%04X at byte %zu without a low surrogate escape right after it.",
+						where, scan->code_unit, scan->offset);
+		case CS_SCAN_LONE_LOW:
+			return fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, scan->field,
+						"%s contains the low surrogate escape \\u%04X at byte %zu without a high surrogate escape right before it.",
+						where, scan->code_unit, scan->offset);
+		case CS_SCAN_TOO_DEEP:
+			return fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, scan->field,
+						"The event is nested deeper than %d levels.", CS_MAX_EVENT_DEPTH);
+		case CS_SCAN_OK:
+			break;
+	}
+	return fail(err, ERRCODE_INTERNAL_ERROR, NULL, "The event scan failed.");
+}
+
+/* The parsed JSON value root (of the scanned text) into *ev. */
+static bool
+parse_root(json_object *root, const CsEventScan *scan, CsEvent *ev,
+		   CsEventError *err)
+{
+	if (scan->duplicate != NULL)
+		return fail(err, ERRCODE_DUPLICATE_JSON_OBJECT_KEY_VALUE, scan->duplicate,
+					"Field \"%s\" appears more than once in its object (again at byte %zu); JSON parsers differ on which one counts.",
+					scan->duplicate, scan->duplicate_offset);
+	if (!json_object_is_type(root, json_type_object))
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
+					"The event must be a JSON object, not %s.", json_type_label(root));
+	return parse_header(root, ev, err) &&
+		(ev->type == CS_EVENT_UNKNOWN || parse_data(root, ev, err));
+}
+
+bool
+cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
+{
+	CsEventScan scan;
+	char	   *text;
+	json_object *root;
+	bool		ok = false;
+
+	memset(ev, 0, sizeof(*ev));
+	memset(err, 0, sizeof(*err));
+	if (!check_bytes(raw, len, err))
+		return false;
+	text = palloc(len + 1);
+	if (!cs_event_scan(raw, len, text, &scan))
+		scan_error(&scan, err);
+	else if ((root = tokenize(text, len, err)) != NULL)
+	{
+		ok = parse_root(root, &scan, ev, err);
+		json_object_put(root);
+	}
+	pfree(text);
 	return ok;
 }
 

@@ -33,7 +33,10 @@ typedef enum CsEventType
 #define CS_MAX_POSTAL_CHARS		20
 #define CS_MAX_ADDRESS_CHARS	2000
 
-/* JSON nesting allowed in an event (the event itself needs 3). */
+/*
+ * Containers (objects, arrays) that may nest in an event, the event object
+ * being level 1; the event itself needs 3 (the event, data, snapshot).
+ */
 #define CS_MAX_EVENT_DEPTH		32
 
 /* A validated event.  Nullable strings are NULL when absent or JSON null. */
@@ -67,9 +70,11 @@ typedef struct CsEventError
 
 /*
  * Parse and validate one raw event of len bytes (not necessarily
- * NUL-terminated, not necessarily valid UTF-8).  Returns true and fills *ev,
- * or returns false and fills *err.  Never raises an error; allocates in
- * CurrentMemoryContext.
+ * NUL-terminated, not necessarily valid UTF-8; raw NULL stands for a null
+ * Kafka value, which is refused).  Returns true and fills *ev, or returns
+ * false and fills *err.  Never raises an error; allocates in
+ * CurrentMemoryContext.  The strings of a parsed event are valid UTF-8
+ * without NUL, exactly the characters sent (escapes decoded).
  */
 extern bool cs_event_parse(const char *raw, size_t len, CsEvent *ev,
 						   CsEventError *err);

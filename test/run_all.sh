@@ -5,7 +5,8 @@
 #   bash test/run_all.sh regress test/t/002_upgrade.pl ...
 #                                    only the named parts: `regress` for the
 #                                    pg_regress suites, `smoke` for the broker
-#                                    smoke test, and TAP test files
+#                                    smoke test, `fuzz` for the parser fuzzing,
+#                                    and TAP test files
 #
 # On a fresh Debian 12 machine it
 #   1. installs the build and test dependencies with apt-get (when missing),
@@ -16,12 +17,15 @@
 #        - the pg_regress suites (sql/, expected/) on a temporary instance,
 #        - the TAP tests (test/t/*.pl) with prove,
 #        - the embedded-broker smoke test (test/broker/smoke.sh), if present,
+#        - the event parser's libFuzzer harness for a bounded time on its
+#          committed corpus (test/fuzz/run.sh),
 #   4. prints the diffs / logs of whatever failed and exits non-zero.
 #
 # Environment:
 #   PG_CONFIG      pg_config of the target server (default: PostgreSQL 15's)
 #   SKIP_APT=1     do not touch packages (they must already be installed)
 #   KEEP_TMP=1     keep the temporary test directory for inspection
+#   FUZZ_SECONDS   how long the fuzz step fuzzes (default 60)
 set -euo pipefail
 
 PG_MAJOR=15
@@ -129,14 +133,16 @@ SELECTED_TAP=()
 RUN_REGRESS=1
 RUN_SMOKE=1
 RUN_TAP=1
+RUN_FUZZ=1
 if [ "$#" -gt 0 ]; then
-    RUN_REGRESS=0 RUN_SMOKE=0
+    RUN_REGRESS=0 RUN_SMOKE=0 RUN_FUZZ=0
     for a in "$@"; do
         case "$a" in
             regress) RUN_REGRESS=1 ;;
             smoke) RUN_SMOKE=1 ;;
+            fuzz) RUN_FUZZ=1 ;;
             *.pl) [ -f "$WORK/$a" ] || die "no such TAP test: $a"; SELECTED_TAP+=("$WORK/$a") ;;
-            *) die "unknown argument '$a' (regress, smoke, or test/t/NNN_name.pl)" ;;
+            *) die "unknown argument '$a' (regress, smoke, fuzz, or test/t/NNN_name.pl)" ;;
         esac
     done
     [ "${#SELECTED_TAP[@]}" -gt 0 ] || RUN_TAP=0
@@ -217,6 +223,15 @@ elif [ -f "$WORK/test/broker/smoke.sh" ]; then
 else
     say "broker smoke test: test/broker/smoke.sh not present, skipped"
 fi
+
+# --- 4d. parser fuzzing -----------------------------------------------------
+# The libFuzzer harness (ASan, UBSan, property checks) on the committed
+# corpus for a bounded time; a crash or a violated property fails the step.
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+fuzz() {
+    (cd "$WORK" && as_test_user env PG_CONFIG="$PG_CONFIG" bash test/fuzz/run.sh "$FUZZ_SECONDS")
+}
+[ "$RUN_FUZZ" = 1 ] && run_step "parser fuzzing (test/fuzz, ${FUZZ_SECONDS} s)" fuzz
 
 # --- summary ----------------------------------------------------------------
 ELAPSED=$(( $(date +%s) - START ))

@@ -15,7 +15,7 @@ COMMENT ON TABLE @extschema@.consumer_offsets IS
 
 CREATE TABLE @extschema@.dead_letters (
     id              bigserial PRIMARY KEY,
-    payload         bytea NOT NULL,
+    payload         bytea,
     message_key     bytea,
     topic           text,
     partition       int,
@@ -32,6 +32,8 @@ CREATE TABLE @extschema@.dead_letters (
 );
 COMMENT ON TABLE @extschema@.dead_letters IS
     'Messages that could not be applied, with their raw bytes, position and error';
+COMMENT ON COLUMN @extschema@.dead_letters.payload IS
+    'The raw message value: NULL for a null value (a Kafka tombstone), empty for an empty one';
 CREATE UNIQUE INDEX dead_letters_position ON @extschema@.dead_letters (topic, partition, "offset")
     WHERE topic IS NOT NULL;
 CREATE INDEX dead_letters_unresolved ON @extschema@.dead_letters (first_seen_at)

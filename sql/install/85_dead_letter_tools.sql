@@ -6,6 +6,8 @@
 -- normal apply path, each in its own subtransaction.  A success marks the
 -- letter resolved with the apply result; a failure records the new error and
 -- bumps attempts.  Idempotent: duplicates and stale versions are harmless.
+-- A null payload (a Kafka tombstone) carries no event: it always fails and
+-- stays a dead letter (apply_event is STRICT and would return NULL).
 CREATE FUNCTION @extschema@.retry_dead_letters(ids bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, result text, error text)
 LANGUAGE plpgsql
@@ -19,6 +21,11 @@ BEGIN
               WHERE l.resolved_at IS NULL AND (ids IS NULL OR l.id = ANY (ids))
               ORDER BY l.id FOR UPDATE LOOP
         BEGIN
+            IF d.payload IS NULL THEN
+                RAISE EXCEPTION 'null message value (a Kafka tombstone) cannot be applied'
+                    USING ERRCODE = 'null_value_not_allowed',
+                          DETAIL = 'The message value is null (a Kafka tombstone), not an event.';
+            END IF;
             res := @extschema@.apply_event(convert_from(d.payload, 'UTF8'));
             UPDATE @extschema@.dead_letters l
                SET resolved_at = now(), resolution = 'retried: ' || res, last_seen_at = now(),

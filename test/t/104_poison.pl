@@ -1,12 +1,14 @@
 # Poison messages among good ones.
 #
-# Messages that cannot be applied (not JSON, invalid UTF-8, missing fields,
-# wrong types, larger than citizen_sync.max_event_size, an id mismatch,
-# tombstones with an empty or null value, a constraint violation in the
-# database, ...) must land in
-# citizen_sync.dead_letters, exactly those, with their raw bytes, key,
-# topic/partition/offset and an SQLSTATE, while every good message around
-# them is applied: the stream is never blocked.
+# Messages that cannot be applied (not JSON, invalid UTF-8, a NUL byte,
+# \u0000 in a value or a key, a lone surrogate escape, a duplicated field,
+# missing fields, wrong types, larger than citizen_sync.max_event_size, an id
+# mismatch, an empty value, a null value (tombstone), a constraint violation
+# in the database, ...) must land in citizen_sync.dead_letters, exactly
+# those, with their raw bytes (NULL for a null value, '' for an empty one),
+# key, topic/partition/offset and an SQLSTATE, while every good message
+# around them is applied: the stream is never blocked.  A tombstone's dead
+# letter stays one when retried.
 use strict;
 use warnings;
 
@@ -42,6 +44,15 @@ my $nul = $good;
 $nul =~ s/"name":"[^"]*"/"name":"Ann\\u0000Lee"/;
 my $bad_utf8 = $good;
 $bad_utf8 =~ s/"name":"[^"]*"/"name":"Ann \xff\xfe Lee"/;
+my $nul_byte = $good;
+$nul_byte =~ s/"name":"[^"]*"/"name":"Ann\x00Lee"/;
+# json-c alone cut the key at \u0000 and stored Mallory
+my $nul_key = $good;
+$nul_key =~ s/"name":"[^"]*"/"name":"Alice","name\\u0000":"Mallory"/;
+my $lone_surrogate = $good;
+$lone_surrogate =~ s/"name":"[^"]*"/"name":"Ann \\ud876 Lee"/;
+my $duplicate = $good;
+$duplicate =~ s/"name":"[^"]*"/"name":"Alice","name":"Mallory"/;
 my $no_event_id = $good;
 $no_event_id =~ s/"event_id":"[^"]*",//;
 my $no_citizen_id = $good;
@@ -76,6 +87,10 @@ my @poison = (
 	[ 'JSON array',            'citizen_13', '[1,2,3]',              '22023' ],
 	[ 'invalid UTF-8 bytes',   'citizen_14', $bad_utf8,              '22021' ],
 	[ 'NUL in a string',       'citizen_15', $nul,                   '22P05' ],
+	[ 'NUL byte in a string',  'citizen_26', $nul_byte,              '22021' ],
+	[ 'NUL in a key',          'citizen_27', $nul_key,               '22P05' ],
+	[ 'lone surrogate escape', 'citizen_28', $lone_surrogate,        '22P02' ],
+	[ 'duplicated field',      'citizen_29', $duplicate,             '22030' ],
 	[ 'missing event_id',      'citizen_16', $no_event_id,           '22004' ],
 	[ 'missing citizen_id',    'citizen_17', $no_citizen_id,         '22004' ],
 	[ 'missing email',         'citizen_18', $no_email,              '22004' ],
@@ -85,7 +100,7 @@ my @poison = (
 	[ 'snapshot id mismatch',  'citizen_22', $id_mismatch,           '22023' ],
 	[ 'larger than max_event_size', 'citizen_23', $oversize,         '54000' ],
 	[ 'tombstone (empty value)', 'citizen_24', '',                   '22P02' ],
-	[ 'tombstone (null value)', 'citizen_25', undef,                 '22P02' ],
+	[ 'tombstone (null value)', 'citizen_25', undef,                 '22004' ],
 	[ 'no key, not JSON',      undef,        'garbage without a key', '22P02' ],
 	[ 'check constraint violation', 'citizen_8100', $evil_v2,       '23514' ],);
 cmp_ok(length($oversize), '>', 2048, 'the oversize event is larger than 2kB');
@@ -128,7 +143,7 @@ for my $p (@poison)
 	}
 	is(scalar(@hits), 1, "poison '$name' is in the topic once");
 	my ($part, $msg) = @{ $hits[0] };
-	push @dl, [ $name, $key, $value // '', $part, $msg->{offset}, $state ];
+	push @dl, [ $name, $key, $value, $part, $msg->{offset}, $state ];
 }
 
 CitizenSyncTest::load_expected($node, $db, $m);
@@ -142,9 +157,10 @@ $node->safe_psql($db, 'CREATE TABLE cs_test.poison (name text, message_key bytea
 	  . ' partition int, "offset" bigint, sqlstate text)');
 $node->safe_psql($db, 'INSERT INTO cs_test.poison VALUES '
 	  . join(",\n", map {
-		sprintf("('%s', %s, '\\x%s', %d, %d, '%s')", $_->[0],
+		sprintf("('%s', %s, %s, %d, %d, '%s')", $_->[0],
 			defined $_->[1] ? "'\\x" . unpack('H*', $_->[1]) . "'" : 'NULL',
-			unpack('H*', $_->[2]), $_->[3], $_->[4], $_->[5])
+			defined $_->[2] ? "'\\x" . unpack('H*', $_->[2]) . "'" : 'NULL',
+			$_->[3], $_->[4], $_->[5])
 	  } @dl));
 is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
 	scalar(@poison), 'as many dead letters as poison messages');
@@ -185,6 +201,39 @@ like($node->safe_psql($db, q{SELECT error_message FROM citizen_sync.dead_letters
 	qr/test_no_evil/, 'the dead letter of the refused update names the constraint');
 ok($node->log_contains(qr/isolating the failing event/),
 	'the batch holding the refused update was re-applied event by event');
+
+# A null value and an empty one are told apart: payload NULL or '', and the
+# error says which.
+is( $node->safe_psql($db, q{
+SELECT p.name || ': ' || coalesce(encode(d.payload, 'hex'), 'NULL') || ' ' || d.error_detail
+  FROM citizen_sync.dead_letters d JOIN cs_test.poison p USING (partition, "offset")
+ WHERE p.name LIKE 'tombstone%' ORDER BY p.name}),
+	"tombstone (empty value):  The event is empty (0 bytes).\n"
+	  . 'tombstone (null value): NULL The message value is null (a Kafka tombstone), not an event.',
+	'a null value is stored as NULL, an empty one as empty bytes, each with its own error');
+is( $node->safe_psql($db, q{
+SELECT d.error_detail FROM citizen_sync.dead_letters d JOIN cs_test.poison p USING (partition, "offset")
+ WHERE p.name = 'NUL in a key'}),
+	'A key in "data.snapshot" contains the escape \u0000 at byte '
+	  . index($nul_key, '\u0000') . '; text cannot hold NUL characters.',
+	'the dead letter of a key with \u0000 says where it is');
+
+# Retrying them: both stay dead letters; the null one with a clear error.
+is( $node->safe_psql($db, q{
+SELECT p.name || ': ' || r.result || ', ' || r.error
+  FROM citizen_sync.dead_letters d JOIN cs_test.poison p USING (partition, "offset"),
+       citizen_sync.retry_dead_letters(ARRAY[d.id]) r
+ WHERE p.name LIKE 'tombstone%' ORDER BY p.name}),
+	"tombstone (empty value): failed, invalid citizen event\n"
+	  . 'tombstone (null value): failed, null message value (a Kafka tombstone) cannot be applied',
+	'retrying a tombstone fails');
+is( $node->safe_psql($db, q{
+SELECT string_agg(p.name || ': ' || (d.resolved_at IS NULL) || ' ' || d.attempts || ' '
+                  || d.error_sqlstate, ', ' ORDER BY p.name)
+  FROM citizen_sync.dead_letters d JOIN cs_test.poison p USING (partition, "offset")
+ WHERE p.name LIKE 'tombstone%'}),
+	'tombstone (empty value): true 2 22P02, tombstone (null value): true 2 22004',
+	'both tombstones stay unresolved dead letters, retried once');
 
 $node->stop;
 $broker->stop;

@@ -22,7 +22,8 @@
 # 4. errors reported by the broker: a permanent one hitting several rows of
 #    one partition is not pinned on any of them (each is sent again on its
 #    own); a permanent one hitting a row alone in its partition or sent alone
-#    sets it aside; a transient one is retried, never set aside.
+#    sets it aside; a transient one is retried, never set aside; a fatal
+#    producer error replaces the producer.
 #
 # The topic has one partition, so every round's rows share it (phase 4).
 use strict;
@@ -274,6 +275,19 @@ wait_outbox_drained($node, 30, 'a row failing with a transient error is publishe
 is( q1(qq{SELECT retry_count, set_aside_at IS NULL FROM citizen_sync.outbox WHERE id > $mark}),
 	'1|t',
 	'it failed once, was retried, and was never set aside');
+
+# d. OUT_OF_ORDER_SEQUENCE_NUMBER (45) for the head of the partition's
+#    requests: librdkafka raises a fatal error (the idempotent producer
+#    cannot go on).  Not the row's fault: the producer is replaced and the
+#    row retried.
+$mark = q1('SELECT max(id) FROM citizen_sync.outbox');
+$kafka->push_errors(0, 45, 1);
+as_app("UPDATE citizens SET city = 'Shelbyville' WHERE id = $hot");
+wait_outbox_drained($node, 60, 'a row failing with a fatal producer error is published');
+is( q1(qq{SELECT retry_count >= 1, set_aside_at IS NULL FROM citizen_sync.outbox WHERE id > $mark}),
+	't|t',
+	'it was retried with a new producer, never set aside');
+ok($node->log_contains(qr/fatal Kafka producer error/), 'the fatal error and the new producer are logged');
 
 ######################################################################
 # Everything, in order, exactly once.

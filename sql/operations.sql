@@ -246,6 +246,15 @@ SELECT count(*) AS reports FROM citizen_sync.consistency_status;
 -- the resync events are still pending (no publisher here)
 SELECT pending, retrying, oldest_pending_age_seconds > 0 AS has_age
   FROM citizen_sync.outbox_backlog;
+-- a row the publisher set aside: counted, and released by retry_set_aside()
+UPDATE citizen_sync.outbox
+   SET set_aside_at = now(), retry_count = 1, last_error = 'Broker: Message size too large'
+ WHERE id = (SELECT min(id) FROM citizen_sync.outbox);
+SELECT pending, retrying, set_aside, database = current_database() AS this_db
+  FROM citizen_sync.outbox_backlog;
+SELECT count(*) AS released FROM citizen_sync.retry_set_aside(ARRAY[-1]);
+SELECT aggregate_type, last_error FROM citizen_sync.retry_set_aside();
+SELECT set_aside FROM citizen_sync.outbox_backlog;
 UPDATE citizen_sync.outbox SET published_at = now();
 SELECT pending, retrying, oldest_pending_age_seconds FROM citizen_sync.outbox_backlog;
 SELECT error_sqlstate, unresolved FROM citizen_sync.dead_letter_summary ORDER BY 1;
@@ -278,6 +287,7 @@ SELECT citizen_sync.heal('dbname=auth_db');
 SELECT * FROM citizen_sync.consistency_check('dbname=auth_db');
 SELECT * FROM citizen_sync.retry_dead_letters();
 SELECT citizen_sync.purge_dead_letters(interval '0 seconds', true);
+SELECT * FROM citizen_sync.retry_set_aside();
 SELECT * FROM citizen_sync.citizen(1);
 SELECT * FROM citizen_sync.citizen_for_critical(1, interval '1 hour');
 SELECT count(*) FROM citizen_sync.sync_latency_summary;

@@ -4,27 +4,46 @@
  *
  * One process, in citizen_sync.outbox_database.  Each round:
  *
- *	1. read up to publisher_batch_size pending rows (published_at IS NULL) in
- *	   id order, in a short transaction;
+ *	1. in a short transaction, walk the pending rows (published_at IS NULL)
+ *	   in id order and take the first row of each aggregate, skipping the
+ *	   aggregates that have a set-aside row, until publisher_batch_size rows
+ *	   are taken (or 10 times that many were looked at); then read those
+ *	   rows' messages;
  *	2. produce them with librdkafka's idempotent producer (acks=all), topic
  *	   topic_prefix || aggregate_type, key <aggregate_type>_<aggregate_id>,
  *	   value = payload plus event_type and event_id ("evt_<id>");
  *	3. wait for every delivery report (on the latch and the report queue);
  *	4. mark delivered rows published, bump retry_count and last_error of the
- *	   others, in a second short transaction.
+ *	   others, and set aside those Kafka refused for good, in a second short
+ *	   transaction.
  *
  * There is no "last published id" watermark: every round starts from the
  * pending rows, so a row whose transaction committed after a higher id is
  * still sent.  One aggregate's rows commit in version order (the capture
  * trigger serialises them on the version counter row), so id order within an
- * aggregate is version order.  A round carries at most one row per aggregate,
- * so a version is only sent once the previous one was acknowledged: a failed
- * delivery is never overtaken on the topic.  A crash between produce and
- * mark re-sends rows: consumers dedupe by event_id.
+ * aggregate is version order.  A round carries at most one row per aggregate
+ * -- its oldest pending one -- so a version is only sent once the previous
+ * one was acknowledged: a failed delivery is never overtaken on the topic.
+ * A crash between produce and mark re-sends rows: consumers dedupe by
+ * event_id.
+ *
+ * Failures.  A transient one (broker down, leader moving, timeout, anything
+ * not listed in error_is_permanent()) leaves the row pending: it is sent
+ * again 100 ms later, with backoff when a whole round fails.  A permanent one
+ * (too large, not authorised, invalid record or topic) would fail forever:
+ * the row is set aside (outbox.set_aside_at).  It stays pending, the later
+ * rows of its aggregate wait behind it (their order is kept), every other
+ * aggregate goes on, and citizen_sync.retry_set_aside() releases it after a
+ * fix.  A broker refuses a partition's whole record batch, so a permanent
+ * error reported for a row that shared its partition with other rows of the
+ * round is not taken as that row's: those rows are sent again one at a time
+ * in the next round, where the error, if it comes back, is the row's own.
+ *
  * Committing transactions wake the publisher through its latch
  * (cs_notify.c); a periodic sweep is the safety net.  Published rows older
  * than citizen_sync.outbox_retention are deleted in small batches, every
- * minute (or every retention period, when shorter).
+ * minute (or every retention period, when shorter); set-aside rows are
+ * never published, hence never purged.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -32,6 +51,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "cs_guc.h"
 #include "cs_kafka_conf.h"
 #include "cs_shmem.h"
@@ -43,27 +63,53 @@
 #include "storage/ipc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PGDLLEXPORT void cs_publisher_main(Datum arg);
 
+/* A round looks at no more than this many times publisher_batch_size rows. */
+#define WALK_FACTOR		10
+
+/* Set-aside rows named one by one in the server log per round. */
+#define MAX_LOGGED_SET_ASIDE	10
+
+/*
+ * Step 1a: pending rows in id order, without the aggregates of set-aside
+ * rows.  NOT (... = ANY (subquery)) stays a hashed subplan filtering the
+ * index scan of outbox_pending: the walk keeps its id order and its fast
+ * start, and rows held behind a set-aside row cost a hash probe each.
+ */
+#define WALK_SQL \
+	"SELECT o.id, o.aggregate_type, o.aggregate_id FROM citizen_sync.outbox o" \
+	" WHERE o.published_at IS NULL" \
+	"   AND NOT ((o.aggregate_type, o.aggregate_id) OPERATOR(pg_catalog.=) ANY (" \
+	"         SELECT s.aggregate_type, s.aggregate_id FROM citizen_sync.outbox s" \
+	"          WHERE s.set_aside_at IS NOT NULL AND s.published_at IS NULL))" \
+	" ORDER BY o.id LIMIT $1"
+
+/* Step 1b: the messages of the rows taken. */
 #define FETCH_SQL \
 	"SELECT id, $1 OPERATOR(pg_catalog.||) aggregate_type," \
 	"       aggregate_type OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) aggregate_id," \
 	"       (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(" \
 	"          'event_type', aggregate_type OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) event_type," \
 	"          'event_id', 'evt_' OPERATOR(pg_catalog.||) id))::pg_catalog.text" \
-	"  FROM citizen_sync.outbox WHERE published_at IS NULL ORDER BY id LIMIT $2"
+	"  FROM citizen_sync.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($2) ORDER BY id"
 
 #define MARK_OK_SQL \
 	"UPDATE citizen_sync.outbox SET published_at = pg_catalog.now(), last_error = NULL" \
 	" WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND published_at IS NULL"
 
 #define MARK_FAILED_SQL \
-	"UPDATE citizen_sync.outbox SET retry_count = retry_count OPERATOR(pg_catalog.+) 1, last_error = $2" \
-	" WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND published_at IS NULL"
+	"UPDATE citizen_sync.outbox o" \
+	"   SET retry_count = o.retry_count OPERATOR(pg_catalog.+) 1, last_error = f.error," \
+	"       set_aside_at = CASE WHEN f.set_aside THEN pg_catalog.now() END" \
+	"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))" \
+	"       AS f (id, error, set_aside)" \
+	" WHERE o.id OPERATOR(pg_catalog.=) f.id AND o.published_at IS NULL"
 
 #define PURGE_SQL \
 	"DELETE FROM citizen_sync.outbox WHERE id IN (" \
@@ -71,17 +117,38 @@ PGDLLEXPORT void cs_publisher_main(Datum arg);
 	"    (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))" \
 	"  LIMIT 10000)"
 
+/* What a round made of a row. */
+typedef enum RowOutcome
+{
+	ROW_DELIVERED,
+	ROW_RETRY,					/* transient failure: sent again soon */
+	ROW_SEND_ALONE,				/* permanent error shared with its partition */
+	ROW_SET_ASIDE				/* permanent error of its own */
+} RowOutcome;
+
 /* One outbox row on its way to Kafka. */
 typedef struct OutboxRow
 {
 	int64		id;
-	bool		deferred;		/* an earlier row of its aggregate is in this round */
 	char	   *topic;
 	char	   *key;
 	char	   *value;
-	bool		done;			/* delivery report received */
+	bool		alone;			/* produced and awaited on its own */
+	bool		sent;			/* accepted by rd_kafka_producev() */
+	bool		refused;		/* refused by rd_kafka_producev() */
+	bool		done;			/* delivery report received (or refused) */
+	int32		partition;		/* from the delivery report */
 	rd_kafka_resp_err_t err;
+	RowOutcome	outcome;
 } OutboxRow;
+
+/* An aggregate seen by a round's walk (type hashed: a collision only defers). */
+typedef struct AggregateKey
+{
+	int64		aggregate_id;
+	uint32		type_hash;
+	uint32		pad;
+} AggregateKey;
 
 typedef struct Publisher
 {
@@ -98,6 +165,8 @@ typedef struct Publisher
 	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
 	uint32		round;			/* tags messages: a late report of an abandoned round is ignored */
 	bool		some_failed;	/* the last round had a failed delivery */
+	int64	   *send_alone;		/* ids to send on their own next round, ascending */
+	int			nsend_alone;
 } Publisher;
 
 /* A message's opaque: the round number and the row index. */
@@ -105,67 +174,146 @@ typedef struct Publisher
 #define OPAQUE_ROUND(o)		((uint32) ((uintptr_t) (o) >> 32))
 #define OPAQUE_INDEX(o)		((int) ((uintptr_t) (o) & 0xffffffff))
 
-/* Step 1: copy up to batch_size pending rows into p->rows. */
+/*
+ * Errors after which sending the same message again can only fail again,
+ * whether produce() returns them or a delivery report carries them.
+ * Everything else -- timeouts, brokers or leaders unavailable, transport and
+ * authentication failures, unknown topics (they may be being created),
+ * idempotence state errors, fatal producer errors, unknown errors -- is
+ * transient: retried, never set aside.
+ */
+static bool
+error_is_permanent(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:	/* message.max.bytes, max.message.bytes */
+		case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION: /* invalid topic name */
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:	/* produce(): e.g. invalid topic */
+			return true;
+		default:
+			return false;
+	}
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* Was row id refused together with others last round? */
+static bool
+send_alone(Publisher *p, int64 id)
+{
+	return p->nsend_alone > 0 &&
+		bsearch(&id, p->send_alone, p->nsend_alone, sizeof(int64), cmp_int64) != NULL;
+}
+
+/*
+ * Step 1a: the ids of the oldest pending row of up to batch_size aggregates,
+ * in id order.  Rows of an aggregate already taken are skipped; the walk
+ * stops after WALK_FACTOR * batch_size rows, so that a round's cost stays
+ * flat when a few aggregates own most of the backlog (their later rows go
+ * out one per round anyway).
+ */
+static int
+walk_pending(Publisher *p, Datum *ids)
+{
+	HASHCTL		ctl;
+	HTAB	   *seen;
+	Portal		portal;
+	Oid			type = INT4OID;
+	Datum		limit = Int32GetDatum(cs_publisher_batch_size * WALK_FACTOR);
+	int			nids = 0;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(AggregateKey);
+	ctl.entrysize = sizeof(AggregateKey);
+	ctl.hcxt = p->round_cxt;
+	seen = hash_create("citizen_sync publisher round", cs_publisher_batch_size, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	portal = SPI_cursor_open_with_args(NULL, WALK_SQL, 1, &type, &limit, NULL, true,
+									   CURSOR_OPT_NO_SCROLL);
+	while (nids < cs_publisher_batch_size)
+	{
+		SPI_cursor_fetch(portal, true, cs_publisher_batch_size);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed && nids < cs_publisher_batch_size; r++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[r];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			AggregateKey key;
+			text	   *agg_type;
+			bool		isnull;
+			bool		found;
+
+			agg_type = DatumGetTextPP(SPI_getbinval(t, d, 2, &isnull));
+			memset(&key, 0, sizeof(key));
+			key.aggregate_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+			key.type_hash = hash_bytes((const unsigned char *) VARDATA_ANY(agg_type),
+									   VARSIZE_ANY_EXHDR(agg_type));
+			(void) hash_search(seen, &key, HASH_ENTER, &found);
+			if (!found)
+				ids[nids++] = SPI_getbinval(t, d, 1, &isnull);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	return nids;
+}
+
+static ArrayType *
+int8_array(Datum *values, int n)
+{
+	return construct_array(values, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
+/* Step 1: choose this round's rows and copy their messages into p->rows. */
 static void
 fetch_step(void *arg)
 {
 	Publisher  *p = (Publisher *) arg;
+	Datum	   *ids = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * cs_publisher_batch_size);
+	int			nids;
 	Datum		values[2];
-	Oid			types[2] = {TEXTOID, INT4OID};
+	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
 
 	cs_tx_begin("citizen_sync: reading the outbox");
-	values[0] = CStringGetTextDatum(cs_topic_prefix);
-	values[1] = Int32GetDatum(cs_publisher_batch_size);
-	if (SPI_execute_with_args(FETCH_SQL, 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "citizen_sync: reading the outbox failed");
-	p->nrows = (int) SPI_processed;
-	p->rows = MemoryContextAllocZero(p->round_cxt, sizeof(OutboxRow) * Max(p->nrows, 1));
-	for (int i = 0; i < p->nrows; i++)
+	nids = walk_pending(p, ids);
+	p->rows = MemoryContextAllocZero(p->round_cxt, sizeof(OutboxRow) * Max(nids, 1));
+	if (nids > 0)
 	{
-		HeapTuple	t = SPI_tuptable->vals[i];
-		TupleDesc	d = SPI_tuptable->tupdesc;
-		bool		isnull;
+		values[0] = CStringGetTextDatum(cs_topic_prefix);
+		values[1] = PointerGetDatum(int8_array(ids, nids));
+		if (SPI_execute_with_args(FETCH_SQL, 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "citizen_sync: reading the outbox failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			OutboxRow  *row = &p->rows[p->nrows++];
+			bool		isnull;
 
-		p->rows[i].id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		p->rows[i].topic = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 2));
-		p->rows[i].key = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 3));
-		p->rows[i].value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
+			row->id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+			row->topic = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 2));
+			row->key = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 3));
+			row->value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
+			row->partition = RD_KAFKA_PARTITION_UA;
+			row->alone = send_alone(p, row->id);
+		}
 	}
 	cs_tx_commit();
-}
-
-/* Sort helper: rows by key (one aggregate), then id. */
-static int
-cmp_row_key(const void *a, const void *b, void *arg)
-{
-	const OutboxRow *rows = (const OutboxRow *) arg;
-	const OutboxRow *ra = &rows[*(const int *) a];
-	const OutboxRow *rb = &rows[*(const int *) b];
-	int			c = strcmp(ra->key, rb->key);
-
-	if (c == 0)
-		c = strcmp(ra->topic, rb->topic);
-	return c != 0 ? c : (ra->id > rb->id) - (ra->id < rb->id);
-}
-
-/*
- * Keep at most one row per aggregate in a round: the oldest.  The others stay
- * pending for a later round, so an aggregate's next event is only sent once
- * the previous one was acknowledged, and a failed delivery can never be
- * overtaken by a later version of the same citizen.
- */
-static void
-defer_later_versions(Publisher *p)
-{
-	int		   *order = MemoryContextAlloc(p->round_cxt, sizeof(int) * Max(p->nrows, 1));
-
-	for (int i = 0; i < p->nrows; i++)
-		order[i] = i;
-	qsort_arg(order, p->nrows, sizeof(int), cmp_row_key, p->rows);
-	for (int k = 1; k < p->nrows; k++)
-		if (strcmp(p->rows[order[k]].key, p->rows[order[k - 1]].key) == 0 &&
-			strcmp(p->rows[order[k]].topic, p->rows[order[k - 1]].topic) == 0)
-			p->rows[order[k]].deferred = true;
 }
 
 /* Drain delivery reports and errors from the queue without blocking. */
@@ -192,6 +340,7 @@ drain_reports(Publisher *p)
 					continue;
 				row->done = true;
 				row->err = m->err;
+				row->partition = m->partition;
 				p->outstanding--;
 			}
 		}
@@ -227,11 +376,13 @@ produce_row(Publisher *p, int i)
 
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
+			row->sent = true;
 			p->outstanding++;
 			return;
 		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		{
+			row->refused = true;
 			row->done = true;
 			row->err = err;
 			return;
@@ -242,7 +393,7 @@ produce_row(Publisher *p, int i)
 }
 
 /*
- * Step 3: wait (latch and report queue) until every row has its report.
+ * Step 3: wait (latch and report queue) until every row sent has its report.
  * librdkafka reports every message within message.timeout.ms; past that
  * plus a margin, rows still without a report are counted as failed (they
  * stay pending and go out again) rather than waited for forever.
@@ -261,7 +412,7 @@ await_reports(Publisher *p)
 		if (GetCurrentTimestamp() >= deadline)
 		{
 			for (int i = 0; i < p->nrows; i++)
-				if (!p->rows[i].deferred && !p->rows[i].done)
+				if (p->rows[i].sent && !p->rows[i].done)
 				{
 					p->rows[i].done = true;
 					p->rows[i].err = RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -277,6 +428,107 @@ await_reports(Publisher *p)
 	}
 }
 
+/*
+ * Is row i's permanent error its own?  Yes when produce() refused it, when
+ * it was sent alone, or when it was the only row of the round in its
+ * partition (a broker refuses a partition's whole record batch).
+ */
+static bool
+error_is_own(Publisher *p, int i)
+{
+	OutboxRow  *row = &p->rows[i];
+
+	if (row->refused || row->alone)
+		return true;
+	for (int j = 0; j < p->nrows; j++)
+	{
+		OutboxRow  *other = &p->rows[j];
+
+		if (j != i && other->sent && !other->alone &&
+			other->partition == row->partition && strcmp(other->topic, row->topic) == 0)
+			return false;
+	}
+	return true;
+}
+
+/* Decide each row's outcome; remember the rows to send alone next round. */
+static void
+classify_rows(Publisher *p)
+{
+	int			nalone = 0;
+
+	for (int i = 0; i < p->nrows; i++)
+	{
+		OutboxRow  *row = &p->rows[i];
+
+		if (!row->done)
+			row->outcome = ROW_RETRY;	/* not sent (stopping): not marked */
+		else if (row->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			row->outcome = ROW_DELIVERED;
+		else if (!error_is_permanent(row->err))
+			row->outcome = ROW_RETRY;
+		else if (error_is_own(p, i))
+			row->outcome = ROW_SET_ASIDE;
+		else
+		{
+			row->outcome = ROW_SEND_ALONE;
+			nalone++;
+		}
+	}
+	if (p->send_alone)
+		pfree(p->send_alone);
+	p->send_alone = NULL;
+	p->nsend_alone = 0;
+	if (nalone == 0)
+		return;
+	/* rows are in id order, and so is this list */
+	p->send_alone = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * nalone);
+	for (int i = 0; i < p->nrows; i++)
+		if (p->rows[i].outcome == ROW_SEND_ALONE)
+			p->send_alone[p->nsend_alone++] = p->rows[i].id;
+}
+
+/* last_error of a failed row. */
+static char *
+row_error(OutboxRow *row)
+{
+	const char *how = "";
+
+	if (row->refused)
+		how = ", refused by the producer";
+	else if (row->outcome == ROW_SEND_ALONE)
+		how = ", for the whole record batch of its partition: the row goes out again on its own";
+	return psprintf("%s (%s%s)", rd_kafka_err2str(row->err), rd_kafka_err2name(row->err), how);
+}
+
+/* The server log names set-aside rows (the first few of a round). */
+static void
+log_set_aside(Publisher *p, int nset)
+{
+	int			logged = 0;
+
+	for (int i = 0; i < p->nrows && logged < MAX_LOGGED_SET_ASIDE; i++)
+	{
+		OutboxRow  *row = &p->rows[i];
+
+		if (row->outcome != ROW_SET_ASIDE)
+			continue;
+		logged++;
+		ereport(WARNING,
+				(errmsg("citizen_sync: publisher: outbox row " INT64_FORMAT " set aside: %s",
+						row->id, rd_kafka_err2str(row->err)),
+				 errdetail("Kafka refused the event of key %s for topic %s for good. The later changes of %s wait behind it; other keys are still published.",
+						   row->key, row->topic, row->key),
+				 errhint("Fix the cause, then run: SELECT * FROM citizen_sync.retry_set_aside(ARRAY[" INT64_FORMAT "]);",
+						 row->id)));
+	}
+	if (nset > logged)
+		ereport(WARNING,
+				(errmsg("citizen_sync: publisher: %d more outbox row(s) set aside in the same round",
+						nset - logged),
+				 errhint("See SELECT id, aggregate_type, aggregate_id, last_error FROM citizen_sync.outbox WHERE set_aside_at IS NOT NULL;")));
+}
+
 /* Step 4: record the outcome of the round. */
 static void
 mark_step(void *arg)
@@ -284,57 +536,74 @@ mark_step(void *arg)
 	Publisher  *p = (Publisher *) arg;
 	Datum	   *ok = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
 	Datum	   *bad = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
+	Datum	   *errors = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
+	Datum	   *aside = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
 	int			nok = 0,
-				nbad = 0;
+				nbad = 0,
+				nset = 0;
 	const char *last_err = NULL;
 
+	cs_tx_begin("citizen_sync: marking published rows");
 	for (int i = 0; i < p->nrows; i++)
 	{
-		if (p->rows[i].done && p->rows[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-			ok[nok++] = Int64GetDatum(p->rows[i].id);
-		else if (p->rows[i].done)
+		OutboxRow  *row = &p->rows[i];
+
+		if (!row->done)
+			continue;
+		if (row->outcome == ROW_DELIVERED)
 		{
-			bad[nbad++] = Int64GetDatum(p->rows[i].id);
-			last_err = rd_kafka_err2str(p->rows[i].err);
+			ok[nok++] = Int64GetDatum(row->id);
+			continue;
 		}
+		bad[nbad] = Int64GetDatum(row->id);
+		errors[nbad] = CStringGetTextDatum(row_error(row));
+		aside[nbad++] = BoolGetDatum(row->outcome == ROW_SET_ASIDE);
+		nset += (row->outcome == ROW_SET_ASIDE);
+		last_err = rd_kafka_err2str(row->err);
 	}
-	cs_tx_begin("citizen_sync: marking published rows");
 	if (nok > 0)
 	{
 		Oid			t[1] = {INT8ARRAYOID};
-		Datum		v[1] = {PointerGetDatum(construct_array(ok, nok, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+		Datum		v[1] = {PointerGetDatum(int8_array(ok, nok))};
 
 		SPI_execute_with_args(MARK_OK_SQL, 1, t, v, NULL, false, 0);
 	}
 	if (nbad > 0)
 	{
-		Oid			t[2] = {INT8ARRAYOID, TEXTOID};
-		Datum		v[2] = {PointerGetDatum(construct_array(bad, nbad, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
-		CStringGetTextDatum(last_err)};
+		Oid			t[3] = {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
+		Datum		v[3];
 
-		SPI_execute_with_args(MARK_FAILED_SQL, 2, t, v, NULL, false, 0);
+		v[0] = PointerGetDatum(int8_array(bad, nbad));
+		v[1] = PointerGetDatum(construct_array(errors, nbad, TEXTOID, -1, false, TYPALIGN_INT));
+		v[2] = PointerGetDatum(construct_array(aside, nbad, BOOLOID, 1, true, TYPALIGN_CHAR));
+		SPI_execute_with_args(MARK_FAILED_SQL, 3, t, v, NULL, false, 0);
 	}
 	cs_tx_commit();
+	if (nset > 0)
+		log_set_aside(p, nset);
 
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 	p->slot->published += nok;
 	p->slot->publish_failures += nbad;
 	p->slot->batches++;
 	p->slot->last_batch_at = GetCurrentTimestamp();
-	strlcpy(p->slot->state, nbad ? "retrying" : "running", sizeof(p->slot->state));
-	if (nbad)
+	strlcpy(p->slot->state, nbad > nset ? "retrying" : "running", sizeof(p->slot->state));
+	if (nset)
+		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
+				 "%d outbox row(s) set aside (refused for good): %s", nset, last_err);
+	else if (nbad)
 		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
 				 "delivery failed for %d row(s): %s", nbad, last_err);
 	p->slot->last_error_at = nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
 	LWLockRelease(cs_shared->lock);
+
 	/*
 	 * Back off only when nothing got through (the brokers are unreachable):
-	 * one row that keeps failing (too large, say) must not slow every other
-	 * aggregate; it is retried each round, with retry_count and last_error
-	 * showing it in citizen_sync.outbox_backlog.
+	 * rows that failed once are retried 100 ms later without slowing the
+	 * other aggregates; set-aside rows are not retried at all.
 	 */
-	p->failures = (nbad > 0 && nok == 0) ? p->failures + 1 : 0;
-	p->some_failed = (nbad > 0);
+	p->failures = (nbad > nset && nok == 0) ? p->failures + 1 : 0;
+	p->some_failed = (nbad > nset);
 }
 
 /* Delete published rows past the retention, a bounded chunk at a time. */
@@ -349,25 +618,80 @@ purge_step(void *arg)
 	cs_tx_commit();
 }
 
+static void kafka_start(Publisher *p);
+static void kafka_stop(Publisher *p);
+
+/*
+ * After a fatal error (idempotence state lost) the producer refuses every
+ * message: replace it.  The round's rows failed transiently and go out
+ * again with the new producer.
+ */
+static void
+replace_producer_if_fatal(Publisher *p)
+{
+	char		errstr[512];
+	rd_kafka_resp_err_t err = rd_kafka_fatal_error(p->rk, errstr, sizeof(errstr));
+
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	ereport(WARNING,
+			(errmsg("citizen_sync: publisher: fatal Kafka producer error: %s", errstr),
+			 errdetail("The producer is replaced; the rows it did not deliver are sent again.")));
+	kafka_stop(p);
+	kafka_start(p);
+}
+
+/*
+ * Produce the round's rows: first those to send alone, each awaited before
+ * the next (so that each makes a record batch of its own) -- until one of
+ * them fails transiently, the brokers being in trouble -- then the others,
+ * all at once.
+ */
+static void
+produce_rows(Publisher *p)
+{
+	bool		one_by_one = true;
+
+	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
+	{
+		OutboxRow  *row = &p->rows[i];
+
+		if (!row->alone)
+			continue;
+		if (!one_by_one)
+		{
+			row->alone = false;
+			continue;
+		}
+		produce_row(p, i);
+		await_reports(p);
+		if (row->err != RD_KAFKA_RESP_ERR_NO_ERROR && !error_is_permanent(row->err))
+			one_by_one = false;
+	}
+	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
+		if (!p->rows[i].alone)
+			produce_row(p, i);
+	await_reports(p);
+}
+
 /* One round; returns the number of rows read. */
 static int
 publish_round(Publisher *p)
 {
 	MemoryContextReset(p->round_cxt);
 	p->round++;
+	p->rows = NULL;
 	p->nrows = 0;
 	p->outstanding = 0;
 	if (!cs_worker_try(p->slot, fetch_step, p))
 		return -1;
-	defer_later_versions(p);
-	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
-		if (!p->rows[i].deferred)
-			produce_row(p, i);
-	await_reports(p);
+	produce_rows(p);
 	if (cs_got_sigterm)
 		return 0;
+	classify_rows(p);
 	if (p->nrows > 0 && !cs_worker_try(p->slot, mark_step, p))
 		return -1;
+	replace_producer_if_fatal(p);
 	return p->nrows;
 }
 
@@ -404,6 +728,18 @@ kafka_start(Publisher *p)
 	p->queue = rd_kafka_queue_get_main(p->rk);
 	rd_kafka_set_log_queue(p->rk, NULL);
 	cs_waiter_init(&p->waiter, p->queue);
+}
+
+/* Drop what the producer still holds (it is sent again by a later round). */
+static void
+kafka_stop(Publisher *p)
+{
+	rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	cs_waiter_close(&p->waiter);
+	rd_kafka_queue_destroy(p->queue);
+	rd_kafka_destroy(p->rk);
+	p->queue = NULL;
+	p->rk = NULL;
 }
 
 /*
@@ -521,9 +857,6 @@ cs_publisher_main(Datum arg)
 		idle(&p, n);
 		cs_worker_reload_config();
 	}
-	rd_kafka_purge(p.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-	cs_waiter_close(&p.waiter);
-	rd_kafka_queue_destroy(p.queue);
-	rd_kafka_destroy(p.rk);
+	kafka_stop(&p);
 	proc_exit(0);
 }

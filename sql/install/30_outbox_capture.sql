@@ -11,7 +11,8 @@ CREATE TABLE @extschema@.outbox (
     created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     published_at   timestamptz,
     retry_count    int NOT NULL DEFAULT 0,
-    last_error     text
+    last_error     text,
+    set_aside_at   timestamptz
 );
 COMMENT ON TABLE @extschema@.outbox IS
     'Transactional outbox: one row per captured change, relayed to Kafka by the publisher (published_at NULL = pending)';

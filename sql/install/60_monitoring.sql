@@ -89,11 +89,15 @@ CREATE VIEW @extschema@.dead_letter_summary AS
      WHERE resolved_at IS NULL
      GROUP BY error_sqlstate, error_message;
 
--- Publisher backlog (meaningful in the outbox database).
+-- Publisher backlog (meaningful in the outbox database).  set_aside: rows
+-- Kafka refused for good, waiting for retry_set_aside() (they count as
+-- pending too); database: for exporters that scrape several databases.
 CREATE VIEW @extschema@.outbox_backlog AS
     SELECT count(*) AS pending,
            count(*) FILTER (WHERE retry_count > 0) AS retrying,
-           COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_pending_age_seconds
+           COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_pending_age_seconds,
+           count(*) FILTER (WHERE set_aside_at IS NOT NULL) AS set_aside,
+           current_database() AS database
       FROM @extschema@.outbox
      WHERE published_at IS NULL;
 

@@ -79,6 +79,10 @@ is( $node->safe_psql('auth_db',
 		'SELECT count(*) FROM citizen_sync.outbox WHERE published_at IS NULL'),
 	$pending,
 	'nothing was marked published during the outage');
+is( $node->safe_psql('auth_db',
+		'SELECT count(*) FROM citizen_sync.outbox WHERE set_aside_at IS NOT NULL'),
+	'0',
+	'timed-out deliveries are retried, never set aside');
 
 $kafka->up(-1);
 wait_outbox_drained($node, 60, 'everything drains once the brokers are back');

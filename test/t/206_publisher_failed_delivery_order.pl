@@ -2,10 +2,11 @@
 #
 # DESIGN.md: the publisher "keeps per-aggregate order"; event_version is
 # strictly increasing per citizen in commit order, and other services read the
-# topic.  Here one Produce request is rejected by the broker (a permanent
-# error) while later versions of the same citizen, produced in the same round,
-# are accepted.  The rejected row is retried in the next round -- after its
-# successors are already on the topic.
+# topic.  Here one Produce request is rejected by the broker with an error
+# librdkafka does not retry itself (UNKNOWN_SERVER_ERROR: transient for the
+# publisher, which retries the row rather than setting it aside; see 207 for
+# permanent errors).  The rejected row must go out again before any later
+# version of its citizen.
 #
 # batch.num.messages=1 makes every message its own batch, so the failure hits
 # exactly one version deterministically; in production the same happens
@@ -32,10 +33,10 @@ SELECT 'Citizen ' || i, 'c' || i || '@example.gov' FROM generate_series(1, 3) AS
 });
 wait_outbox_drained($node, 30, 'seed published');
 
-# The broker rejects the next Produce request: 87 INVALID_RECORD, not
-# retriable.  Then several versions of the same citizens commit at once, so
-# one round carries them all.
-$kafka->push_errors(0, 87, 1);
+# The broker rejects the next Produce request: -1 UNKNOWN_SERVER_ERROR, not
+# retried by librdkafka.  Then several versions of the same citizens commit
+# at once, so one round could carry them all.
+$kafka->push_errors(0, -1, 1);
 $node->safe_psql('auth_db', q{
 BEGIN;
 UPDATE citizens SET name = name || ' a';
@@ -47,6 +48,8 @@ COMMIT;
 wait_outbox_drained($node, 30, 'the rejected row is retried and published');
 cmp_ok($node->safe_psql('auth_db', 'SELECT max(retry_count) FROM citizen_sync.outbox'),
 	'>', 0, 'a row failed once and was retried');
+is($node->safe_psql('auth_db', 'SELECT count(*) FROM citizen_sync.outbox WHERE set_aside_at IS NOT NULL'),
+	'0', 'a transient error sets nothing aside');
 
 my @events = topic_events($kafka);
 note(join(' ', map { "$_->{key}\@$_->{partition}:$_->{offset}=v$_->{event}{event_version}" } @events));

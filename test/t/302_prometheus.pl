@@ -295,6 +295,7 @@ SELECT applied, deleted, stale, duplicate, ignored, dead_lettered, batches, part
 		is($value->('citizen_sync_outbox_pending', database => $db), '0', "$db: outbox pending 0");
 	}
 	is($value->('citizen_sync_outbox_retrying', database => 'auth_db'), '0', 'auth_db: retrying 0');
+is($value->('citizen_sync_outbox_rows_set_aside', database => 'auth_db'), '0', 'auth_db: no row set aside');
 	is($value->('citizen_sync_outbox_oldest_pending_age_seconds', database => 'auth_db'), '0',
 		'auth_db: no pending row, age 0');
 	my $rows = $node->safe_psql('auth_db', 'SELECT count(*) FROM citizen_sync.outbox');

@@ -157,9 +157,17 @@ SELECT count(*) AS evil_roles FROM pg_roles WHERE rolname LIKE 'evil\_%';
 ------------------------------------------------------------------------------
 -- A database set up by 0.1.0: the service user had CREATE on public
 ------------------------------------------------------------------------------
-GRANT CREATE ON SCHEMA public TO permits_service_user;
+-- (what 0.1.0's create_service_roles() granted in public)
+GRANT USAGE, CREATE ON SCHEMA public TO permits_service_user;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO permits_service_user;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO permits_service_user;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO permits_readonly_user;
+ALTER DEFAULT PRIVILEGES FOR ROLE permits_service_user IN SCHEMA public
+    GRANT SELECT ON TABLES TO permits_readonly_user;
 CREATE TABLE public.legacy_permits (id int);
 GRANT ALL ON public.legacy_permits TO permits_service_user;
+SELECT count(*) AS default_acls_in_public FROM pg_default_acl
+ WHERE defaclnamespace = 'public'::regnamespace;
 SET ROLE permits_service_user;
 CREATE TABLE public.legacy_fees (id int);
 CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS 'SELECT ''planted''';
@@ -167,6 +175,8 @@ RESET ROLE;
 -- rerun: CREATE on public is revoked, what it owns there is named
 SELECT citizen_sync.create_service_roles('permits');
 SELECT has_schema_privilege('permits_service_user', 'public', 'CREATE') AS create_on_public;
+SELECT count(*) AS default_acls_in_public FROM pg_default_acl
+ WHERE defaclnamespace = 'public'::regnamespace;
 -- the table keeps working until it is moved (README, Roles)
 SELECT has_table_privilege('permits_service_user', 'public.legacy_permits', 'INSERT') AS still_writes;
 ALTER TABLE public.legacy_permits SET SCHEMA permits;

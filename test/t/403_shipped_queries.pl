@@ -132,8 +132,14 @@ sub doc_roles
 }
 
 # Utility statements evaluate no expression: nothing to resolve.
-my $UTILITY = qr/^\s*(?:CREATE\s+(?:EXTENSION|ROLE|DATABASE|SCHEMA)|GRANT|REVOKE|SHOW|SET\s+ROLE|RESET\s+ROLE
-	|ALTER\s+(?:ROLE|DEFAULT\s+PRIVILEGES|EXTENSION)|ALTER\s+TABLE\s+\S+\s+SET\s+SCHEMA|DROP\s+(?:OWNED|ROLE))\b/xi;
+my $UTILITY = qr/^\s*(?:CREATE\s+(?:EXTENSION|ROLE|USER|DATABASE|SCHEMA)|GRANT|REVOKE|SHOW|COMMENT\s+ON|TRUNCATE
+	|(?:SET|RESET)\s+(?:ROLE|SESSION\s+AUTHORIZATION|search_path)
+	|ALTER\s+(?:ROLE|USER|DEFAULT\s+PRIVILEGES|EXTENSION|SYSTEM|DATABASE)
+	|ALTER\s+TABLE\s+\S+\s+(?:SET\s+SCHEMA|OWNER\s+TO|ENABLE|DISABLE)
+	|DROP\s+(?:OWNED|ROLE|USER|EXTENSION|SCHEMA|TABLE|VIEW|FUNCTION|TRIGGER|DATABASE))\b/xi;
+# ... of which these cannot run in a transaction (and would change the
+# instance): not run.
+my $NO_TX = qr/^\s*(?:ALTER\s+SYSTEM|(?:CREATE|DROP)\s+DATABASE|VACUUM)\b/i;
 my $ANALYZABLE = qr/^\s*(?:SELECT|WITH|INSERT|UPDATE|DELETE|VALUES|TABLE)\b/i;
 
 #---------------------------------------------------------------------------
@@ -280,6 +286,11 @@ for my $b (@blocks)
 		}
 		my $sql = fill_docs($m->{run} // $s);
 		ok(!has_placeholder($sql), "$id: runnable as written or in the manifest: $key") or next;
+		if (CitizenSyncShipped::normalize($sql) =~ $NO_TX)
+		{
+			note("$id: not run: $key (cannot run in a transaction; evaluates no expression)");
+			next;
+		}
 		push @run, $sql;
 		%opt = (%opt, map { $_ => $m->{$_} } grep { $_ ne 'run' && $_ ne 'why' } keys %$m);
 	}

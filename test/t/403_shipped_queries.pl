@@ -235,7 +235,7 @@ sub has_placeholder
 {
 	my ($sql) = @_;
 	my $code = join '', map { $_->[0] eq 'code' ? $_->[1] : "''" } CitizenSyncShipped::_lex_sql($sql);
-	return $code =~ /\.\.\.|…/;
+	return $code =~ /\.\.\.|\x{2026}/;
 }
 
 # monitoring/*.yaml: every exporter query, as the exporter's role, in the

@@ -10,9 +10,18 @@
 -- credentials in citizen_sync.kafka_properties) nor of pg_read_all_stats
 -- (which reads the query text of every session).
 DO $monitor$
+DECLARE
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'citizen_sync_monitor') THEN
+    SELECT rolcanlogin, rolsuper INTO r
+      FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'citizen_sync_monitor';
+    IF NOT FOUND THEN
         CREATE ROLE citizen_sync_monitor NOLOGIN;
+    ELSIF r.rolcanlogin OR r.rolsuper THEN
+        -- someone else created it (roles are cluster-wide), or changed it
+        RAISE WARNING 'role citizen_sync_monitor exists and can log in'
+            USING DETAIL = 'The extension grants it SELECT on its monitoring views; it is meant to be a NOLOGIN group role.',
+                  HINT = 'Check who created it, then ALTER ROLE citizen_sync_monitor NOLOGIN NOSUPERUSER, and give exporters their own login role IN ROLE citizen_sync_monitor.';
     END IF;
 END
 $monitor$;

@@ -135,5 +135,15 @@ for my $r (qw(pg_monitor pg_read_all_settings pg_read_all_stats pg_read_all_data
 		'f', "the exporter is not a member of $r");
 }
 
+# Roles are cluster-wide: a citizen_sync_monitor that can log in (created
+# beforehand by someone else, or changed) is reported, not silently used.
+$node->safe_psql('postgres', 'ALTER ROLE citizen_sync_monitor LOGIN');
+$node->safe_psql('postgres', 'CREATE DATABASE other_db');
+my ($ret, $stdout, $stderr) = $node->psql('other_db', 'CREATE EXTENSION citizen_sync');
+is($ret, 0, 'CREATE EXTENSION in another database');
+like($stderr, qr/WARNING:  role citizen_sync_monitor exists and can log in/,
+	'it warns that citizen_sync_monitor can log in');
+$node->safe_psql('postgres', 'ALTER ROLE citizen_sync_monitor NOLOGIN');
+
 $node->stop;
 done_testing();

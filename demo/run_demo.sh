@@ -13,6 +13,13 @@
 #
 # Usage: sudo demo/run_demo.sh          (stops everything at the end)
 #        DEMO_KEEP=1 sudo demo/run_demo.sh  (leaves it running to explore)
+#
+# Its queries are safe to copy into any session whatever is planted in
+# public (test/t/403_shipped_queries.pl checks): tables are schema-qualified,
+# and every operator or function that takes a literal has an exact match in
+# pg_catalog for the literal's written type ('x'::text, numeric 1000.0) or is
+# called as pg_catalog.f(), because an exact match in public would otherwise
+# win over a pg_catalog one that needs a cast.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -87,13 +94,13 @@ say "auth_db owns citizens; every change is captured into citizen_sync.outbox"
 psql_db postgres -c "CREATE DATABASE auth_db"
 psql_db auth_db <<'SQL'
 CREATE EXTENSION citizen_sync;
-CREATE TABLE citizens (
+CREATE TABLE public.citizens (
     id bigserial PRIMARY KEY, name text NOT NULL, email text NOT NULL, phone text,
     address text, city text, postal_code text,
     email_verified boolean NOT NULL DEFAULT false,
     identity_verified boolean NOT NULL DEFAULT false,
     password_hash text);             -- never published
-SELECT citizen_sync.capture('citizens', 'citizen',
+SELECT citizen_sync.capture('public.citizens', 'citizen',
        ARRAY['name','email','phone','address','city','postal_code',
              'email_verified','identity_verified']);
 SQL
@@ -126,42 +133,44 @@ wait_caches() {
 
 # lag_of VERSION: event_timestamp (capture) -> applied, per cache, in ms
 lag_of() {
-    local v=$1 ts
-    ts=$(psql_db auth_db -tAc "SELECT payload->>'event_timestamp' FROM citizen_sync.outbox
-                               WHERE aggregate_id = 1 AND (payload->>'event_version')::int = $v")
+    local v=$1 ts ms
+    ts=$(psql_db auth_db -tAc "SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox
+                               WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::int = $v")
     for s in "${SERVICES[@]}"; do
-        psql_db "${s}_db" -tAc "SELECT format('  %-11s lag %s ms', '${s}_db',
-                 round(extract(epoch FROM last_synced_at - '$ts'::timestamptz) * 1000, 1))
-               FROM cache.citizen_refs WHERE citizen_id = 1"
+        ms=$(psql_db "${s}_db" -tAc "SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1)
+                                     FROM cache.citizen_refs WHERE citizen_id = 1")
+        printf '  %-11s lag %s ms\n' "${s}_db" "$ms"
     done
 }
 
 say "1. Maria Garcia registers (auth_db INSERT, one transaction with its outbox row)"
-psql_db auth_db -c "INSERT INTO citizens (name, email, phone, address, city, postal_code, email_verified, password_hash)
+psql_db auth_db -c "INSERT INTO public.citizens (name, email, phone, address, city, postal_code, email_verified, password_hash)
                     VALUES ('Maria Garcia', 'maria@example.gov', '+1-555-0100', '12 Elm St', 'Springfield', '12345', true, 'secret-hash')"
-psql_db auth_db -P footer=off -c "SELECT id, event_type, payload->'event_version' AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox"
+psql_db auth_db -P footer=off -c "SELECT id, event_type, payload -> 'event_version'::text AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox"
 wait_caches "citizen_id = 1 AND event_version = 1"
 echo "measured lag (event captured -> applied in the cache):"; lag_of 1
 
 say "2. Her phone changes to +1-555-0199"
-psql_db auth_db -c "UPDATE citizens SET phone = '+1-555-0199' WHERE id = 1"
+psql_db auth_db -c "UPDATE public.citizens SET phone = '+1-555-0199' WHERE id = 1"
 wait_caches "citizen_id = 1 AND event_version = 2"
 echo "measured lag:"; lag_of 2
 
 say "3. Kafka redelivers the phone change (duplicate) and a late, older event arrives"
-DUP=$(psql_db auth_db -tAc "SELECT (payload || jsonb_build_object('event_type', 'citizen.updated', 'event_id', 'evt_' || id))::text
-                            FROM citizen_sync.outbox WHERE aggregate_id = 1 AND event_type = 'updated'")
+# the phone change (citizen 1's latest outbox row) as the publisher sent it
+DUP=$(psql_db auth_db -tAc "SELECT (payload || pg_catalog.jsonb_build_object('event_type', 'citizen.updated',
+                                                                        'event_id', 'evt_' || id::text))::text
+                            FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1")
 OLD='{"event_type":"citizen.updated","event_id":"evt_late_1","event_version":1,"event_timestamp":"2026-01-01T00:00:00.000Z","data":{"citizen_id":1,"snapshot":{"id":1,"name":"Maria Garcia","email":"maria@example.gov","phone":"+1-555-0000"}}}'
 printf 'citizen_1\t%s\ncitizen_1\t%s\n' "$DUP" "$OLD" | kcat -P -b "$BOOTSTRAP" -t gov.auth.citizen -K "$(printf '\t')"
 for s in "${SERVICES[@]}"; do
     poll "${s} to see both" 30 "${s}_db" "SELECT duplicate >= 1 AND stale >= 1 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'"
 done
-wait_caches "citizen_id = 1 AND phone = '+1-555-0199'"
+wait_caches "citizen_id = 1 AND event_version = 2"   # still version 2: the late version 1 lost
 echo "the duplicate was recognised by its event_id, the older version lost to the newer one:"
 psql_db permits_db -P footer=off -c "SELECT database, applied, stale, duplicate FROM citizen_sync.consumer_stats"
 
 say "4. Maria's account is deleted (soft delete in every cache)"
-psql_db auth_db -c "DELETE FROM citizens WHERE id = 1"
+psql_db auth_db -c "DELETE FROM public.citizens WHERE id = 1"
 wait_caches "citizen_id = 1 AND NOT is_active"
 echo "measured lag:"; lag_of 3
 

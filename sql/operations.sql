@@ -273,11 +273,33 @@ SELECT c.relname, string_agg(a.attname || ' ' || format_type(a.atttypid, a.attty
  WHERE c.relnamespace = 'citizen_sync'::regnamespace AND c.relkind = 'v'
  GROUP BY c.relname ORDER BY c.relname;
 
+-- the exporter's metrics views give what the 0.1.0 exporter queries computed
+SELECT sqlstate, unresolved, oldest_age_seconds >= 0 AS has_age
+  FROM citizen_sync.metrics_dead_letters ORDER BY sqlstate;
+SELECT count(*) AS differences FROM (
+    (SELECT error_sqlstate::text AS sqlstate, sum(unresolved)::float8 AS unresolved
+       FROM citizen_sync.dead_letter_summary GROUP BY error_sqlstate
+     EXCEPT SELECT sqlstate, unresolved FROM citizen_sync.metrics_dead_letters)
+    UNION ALL
+    (SELECT sqlstate, unresolved FROM citizen_sync.metrics_dead_letters
+     EXCEPT SELECT error_sqlstate::text, sum(unresolved)::float8
+              FROM citizen_sync.dead_letter_summary GROUP BY error_sqlstate)) d;
+
 ------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
+-- Monitoring reads aggregates, never the rows themselves: neither
+-- citizen_sync_monitor nor pg_monitor may read a table of the extension.
+SELECT r AS role, string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) AS readable_tables
+  FROM unnest(ARRAY['citizen_sync_monitor', 'pg_monitor']) AS r
+  LEFT JOIN pg_class c ON c.relnamespace IN ('citizen_sync'::regnamespace, 'cache'::regnamespace)
+                      AND c.relkind = 'r' AND has_table_privilege(r, c.oid, 'SELECT')
+ GROUP BY r ORDER BY r;
+-- and citizen_sync_monitor has no other membership (pg_monitor reads settings)
+SELECT count(*) AS memberships FROM pg_auth_members
+ WHERE member = 'citizen_sync_monitor'::regrole;
 CREATE ROLE citizen_sync_ops_plain NOLOGIN;
-CREATE ROLE citizen_sync_ops_monitor NOLOGIN IN ROLE pg_monitor;
+CREATE ROLE citizen_sync_ops_monitor NOLOGIN IN ROLE citizen_sync_monitor;
 GRANT USAGE ON SCHEMA citizen_sync, cache TO citizen_sync_ops_plain;
 SET ROLE citizen_sync_ops_plain;
 SELECT citizen_sync.resync('citizen');
@@ -296,7 +318,8 @@ SELECT count(*) FROM citizen_sync.dead_letter_summary;
 SELECT count(*) FROM citizen_sync.consistency_status;
 SELECT count(*) FROM citizen_sync.worker_up;
 RESET ROLE;
--- pg_monitor reads every monitoring view (what the exporter's role needs)
+-- citizen_sync_monitor (the exporter's role) reads every monitoring view
+-- and the exporter's metrics views
 SET ROLE citizen_sync_ops_monitor;
 SELECT count(*) >= 0 AS ok FROM citizen_sync.worker_stats;
 SELECT count(*) >= 0 AS ok FROM citizen_sync.consumer_stats;
@@ -307,8 +330,22 @@ SELECT count(*) >= 0 AS ok FROM citizen_sync.sync_latency_summary;
 SELECT count(*) >= 0 AS ok FROM citizen_sync.outbox_backlog;
 SELECT count(*) >= 0 AS ok FROM citizen_sync.dead_letter_summary;
 SELECT count(*) >= 0 AS ok FROM citizen_sync.consistency_status;
+SELECT count(*) >= 0 AS ok FROM citizen_sync.metrics_workers;
+SELECT count(*) >= 0 AS ok FROM citizen_sync.metrics_consumers;
+SELECT count(*) >= 0 AS ok FROM citizen_sync.metrics_latency;
+SELECT count(*) >= 0 AS ok FROM citizen_sync.metrics_latency_summary;
+SELECT count(*) >= 0 AS ok FROM citizen_sync.metrics_publishers;
+SELECT sqlstate, unresolved FROM citizen_sync.metrics_dead_letters ORDER BY sqlstate;
 SELECT citizen_sync.fresh_as_of() IS NULL AS fresh_as_of_callable;
--- but may not change anything
+-- but no personal data and no secret
+SELECT count(*) FROM citizen_sync.outbox;
+SELECT count(*) FROM citizen_sync.dead_letters;
+SELECT count(*) FROM citizen_sync.consistency_reports;
+SELECT count(*) FROM cache.citizen_refs;
+SELECT count(*) FROM cache.processed_events;
+SHOW citizen_sync.kafka_properties;
+SELECT count(*) AS visible FROM pg_settings WHERE name = 'citizen_sync.kafka_properties';
+-- and may not change anything
 SELECT * FROM citizen_sync.retry_dead_letters();
 SELECT citizen_sync.resync('citizen');
 RESET ROLE;

@@ -39,8 +39,9 @@ CREATE VIEW @extschema@.consumer_lag AS
 REVOKE ALL ON FUNCTION @extschema@.worker_stats_raw() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.partition_stats_raw() FROM PUBLIC;
 REVOKE ALL ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag FROM PUBLIC;
-GRANT SELECT ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag TO pg_monitor;
-GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor;
+GRANT SELECT ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag
+    TO pg_monitor, citizen_sync_monitor;
+GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor, citizen_sync_monitor;
 
 ------------------------------------------------------------------------------
 -- Operations metrics
@@ -101,11 +102,78 @@ CREATE VIEW @extschema@.outbox_backlog AS
       FROM @extschema@.outbox
      WHERE published_at IS NULL;
 
+------------------------------------------------------------------------------
+-- Prometheus metrics: the views monitoring/postgres_exporter_queries.yaml reads
+------------------------------------------------------------------------------
+-- The exporter's queries only name columns of these views (and call
+-- pg_catalog.current_database()): every function and operator is bound
+-- here, at install time, with pg_catalog first in the search_path, so
+-- nothing planted in public can stand in for them whatever the exporter's
+-- search_path.  Column names are metric names.
+
+-- citizen_sync_worker_*
+CREATE VIEW @extschema@.metrics_workers AS
+    SELECT u.kind, u.database, u.up,
+           (u.state = 'error')::int AS failing,
+           COALESCE(extract(epoch FROM s.started_at), 0)::float8 AS start_time_seconds
+      FROM @extschema@.worker_up u
+      JOIN @extschema@.worker_stats s USING (kind, database);
+
+-- citizen_sync_consumer_*
+CREATE VIEW @extschema@.metrics_consumers AS
+    SELECT database, COALESCE(group_id, '') AS group_id, partitions,
+           applied AS applied_total, deleted AS deleted_total, stale AS stale_total,
+           duplicate AS duplicate_total, ignored AS ignored_total,
+           dead_lettered AS dead_lettered_total, batches AS batches_total,
+           extract(epoch FROM now() - @extschema@.fresh_as_of(database::name))::float8
+               AS fresh_as_of_age_seconds
+      FROM @extschema@.consumer_stats;
+
+-- citizen_sync_latency_seconds histogram (buckets in seconds, +Inf implied)
+CREATE VIEW @extschema@.metrics_latency AS
+    SELECT database,
+           array_agg(le_ms / 1000.0 ORDER BY le_ms) FILTER (WHERE le_ms <> 'Infinity')
+               AS latency_seconds,
+           array_agg(bucket_count ORDER BY le_ms) FILTER (WHERE le_ms <> 'Infinity')
+               AS latency_seconds_bucket,
+           max(sum_ms) / 1000.0 AS latency_seconds_sum,
+           max(total_count) AS latency_seconds_count
+      FROM @extschema@.sync_latency
+     GROUP BY database;
+
+-- citizen_sync_latency_*_seconds
+CREATE VIEW @extschema@.metrics_latency_summary AS
+    SELECT database, mean_ms / 1000.0 AS mean_seconds, p50_ms / 1000.0 AS p50_seconds,
+           p95_ms / 1000.0 AS p95_seconds, p99_ms / 1000.0 AS p99_seconds
+      FROM @extschema@.sync_latency_summary;
+
+-- citizen_sync_publisher_*
+CREATE VIEW @extschema@.metrics_publishers AS
+    SELECT database, published AS published_total
+      FROM @extschema@.worker_stats
+     WHERE kind = 'publisher';
+
+-- citizen_sync_dead_letters_* (per database)
+CREATE VIEW @extschema@.metrics_dead_letters AS
+    SELECT error_sqlstate::text AS sqlstate, sum(unresolved)::float8 AS unresolved,
+           extract(epoch FROM now() - min(oldest))::float8 AS oldest_age_seconds
+      FROM @extschema@.dead_letter_summary
+     GROUP BY error_sqlstate;
+
+-- Monitoring reads aggregates only: never the outbox or the dead letters
+-- themselves (personal data).  pg_monitor keeps what 0.1.0 granted it but
+-- those two tables; citizen_sync_monitor (50_roles.sql) is the exporter's.
 REVOKE ALL ON FUNCTION @extschema@.latency_histogram_raw() FROM PUBLIC;
 REVOKE ALL ON @extschema@.sync_latency, @extschema@.sync_latency_summary, @extschema@.worker_up,
               @extschema@.dead_letter_summary, @extschema@.outbox_backlog FROM PUBLIC;
 GRANT SELECT ON @extschema@.sync_latency, @extschema@.sync_latency_summary, @extschema@.worker_up,
-                @extschema@.dead_letter_summary, @extschema@.outbox_backlog TO pg_monitor;
+                @extschema@.dead_letter_summary, @extschema@.outbox_backlog
+    TO pg_monitor, citizen_sync_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@.latency_histogram_raw(), @extschema@.worker_stats_raw(),
-                 @extschema@.partition_stats_raw() TO pg_monitor;
-GRANT SELECT ON @extschema@.dead_letters, @extschema@.outbox TO pg_monitor;
+                 @extschema@.partition_stats_raw() TO pg_monitor, citizen_sync_monitor;
+REVOKE ALL ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extschema@.metrics_latency,
+              @extschema@.metrics_latency_summary, @extschema@.metrics_publishers,
+              @extschema@.metrics_dead_letters FROM PUBLIC;
+GRANT SELECT ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extschema@.metrics_latency,
+                @extschema@.metrics_latency_summary, @extschema@.metrics_publishers,
+                @extschema@.metrics_dead_letters TO pg_monitor, citizen_sync_monitor;

@@ -233,7 +233,6 @@ REVOKE ALL ON FUNCTION @extschema@.consistency_check(text, interval, text, text)
 REVOKE ALL ON FUNCTION @extschema@.heal(text, interval, text) FROM PUBLIC;
 REVOKE ALL ON @extschema@.consistency_reports FROM PUBLIC;
 REVOKE ALL ON @extschema@.consistency_status FROM PUBLIC;
-GRANT SELECT ON @extschema@.consistency_status TO pg_monitor;
-GRANT SELECT ON @extschema@.consistency_reports TO pg_monitor;
+GRANT SELECT ON @extschema@.consistency_status TO pg_monitor, citizen_sync_monitor;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.consistency_reports', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.consistency_reports_id_seq', '');

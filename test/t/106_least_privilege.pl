@@ -4,7 +4,10 @@
 # A privilege it lacks makes every batch fail visibly (consumer_stats shows
 # the permission error; nothing is dead-lettered for it, nothing is lost,
 # the process survives); granted back, it catches up by itself.  And the
-# sync user cannot touch the service's own tables in public.
+# sync user cannot touch the service's own tables (schema permits) nor
+# anything in public, creates nothing anywhere, and the worker resolves
+# nothing through public: its statements run with search_path pg_catalog,
+# pg_temp (README, Roles).
 use strict;
 use warnings;
 
@@ -24,26 +27,40 @@ my $sync = $CitizenSyncTest::SYNC_ROLE;
 my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
 my $node = CitizenSyncTest::new_node('least_privilege', $broker, setup => 0);
 CitizenSyncTest::setup_db($node, extension => 0);
-$node->safe_psql($db, q{
-CREATE TABLE public.permits (id bigserial PRIMARY KEY, citizen_id bigint NOT NULL, kind text);
-INSERT INTO public.permits (citizen_id, kind) VALUES (1, 'parking');
-});
+# a table in public, from before the roles
+$node->safe_psql($db, q{CREATE TABLE public.legacy (id bigint)});
 CitizenSyncTest::install_extension($node, $db);
-# created after the roles: default privileges apply
-$node->safe_psql($db, q{CREATE TABLE public.permit_fees (permit_id bigint, amount numeric)});
+# the service's tables, in its schema: one the DBA creates (default
+# privileges apply), one the service user creates
+$node->safe_psql($db, q{
+CREATE TABLE permits.permit_fees (permit_id bigint, amount numeric);
+SET ROLE permits_service_user;
+CREATE TABLE permits.permits (id bigserial PRIMARY KEY, citizen_id bigint NOT NULL, kind text);
+INSERT INTO permits.permits (citizen_id, kind) VALUES (1, 'parking');
+RESET ROLE;
+CREATE TABLE public.after_roles (id bigint);
+});
 
 # --- the ownership matrix --------------------------------------------------
 my $all = 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER';
-for my $t (qw(public.permits public.permit_fees))
+for my $t (qw(permits.permits permits.permit_fees public.legacy public.after_roles))
 {
 	is($node->safe_psql($db, "SELECT has_table_privilege('$sync', '$t', '$all')"),
 		'f', "$sync has no privilege at all on $t");
+}
+for my $t (qw(permits.permits permits.permit_fees))
+{
 	is($node->safe_psql($db,
 			"SELECT has_table_privilege('permits_service_user', '$t', 'SELECT, INSERT, UPDATE, DELETE')"),
 		't', "permits_service_user writes $t");
 }
-is($node->safe_psql($db, "SELECT has_schema_privilege('$sync', 'public', 'CREATE')"),
-	'f', "$sync cannot create objects in public");
+is( $node->safe_psql($db, qq{
+SELECT string_agg(nspname, ', ') FROM pg_namespace WHERE has_schema_privilege('$sync', oid, 'CREATE')}),
+	'', "$sync cannot create objects in any schema");
+is( $node->safe_psql($db, q{
+SELECT string_agg(nspname, ', ') FROM pg_namespace
+ WHERE has_schema_privilege('permits_service_user', oid, 'CREATE')}),
+	'permits', 'permits_service_user creates objects in its own schema only');
 is( $node->safe_psql($db, qq{
 SELECT has_table_privilege('$sync', 'cache.citizen_refs', 'SELECT, INSERT, UPDATE')
    AND NOT has_table_privilege('$sync', 'cache.citizen_refs', 'DELETE, TRUNCATE')}),
@@ -52,10 +69,23 @@ is( $node->safe_psql($db, q{
 SELECT has_table_privilege('permits_service_user', 'cache.citizen_refs', 'INSERT, UPDATE, DELETE, TRUNCATE')}),
 	'f', 'permits_service_user only reads the cache');
 my ($ret, $out, $err) = $node->psql($db,
-	"SET ROLE $sync; INSERT INTO public.permits (citizen_id, kind) VALUES (2, 'forged')");
-like($err, qr/permission denied for table permits/, "$sync cannot insert into public.permits");
-($ret, $out, $err) = $node->psql($db, "SET ROLE $sync; SELECT count(*) FROM public.permits");
-like($err, qr/permission denied for table permits/, "$sync cannot read public.permits");
+	"SET ROLE $sync; INSERT INTO permits.permits (citizen_id, kind) VALUES (2, 'forged')");
+like($err, qr/permission denied for schema permits/, "$sync cannot insert into permits.permits");
+($ret, $out, $err) = $node->psql($db, "SET ROLE $sync; SELECT count(*) FROM public.legacy");
+like($err, qr/permission denied for table legacy/, "$sync cannot read public.legacy");
+
+# What the consumer runs as the sync user resolves nothing through public:
+# a trigger on the cache (no search_path of its own) logs the session's.
+$node->safe_psql($db, q{
+CREATE FUNCTION public.cs106_log_path() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE LOG 'cs106 applied as % with search_path %', current_user, current_setting('search_path');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER cs106_log_path AFTER INSERT OR UPDATE ON cache.citizen_refs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.cs106_log_path();
+});
 
 # --- applying as the sync user ---------------------------------------------
 my $m = CitizenSyncTest::new_model(seed => 106);
@@ -66,6 +96,11 @@ CitizenSyncTest::wait_converged($node, $db, 'the cache converges (first stream)'
 CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'first stream');
 my $pid = CitizenSyncTest::consumer_pid($node, $db);
 my $log_offset = -s $node->logfile;
+my @paths = slurp_file($node->logfile) =~ /LOG:  cs106 applied as (.*)$/mg;
+ok(scalar(@paths), 'the consumer fired the logging trigger (' . scalar(@paths) . ' statements)');
+is_deeply([ sort keys %{ { map { $_ => 1 } @paths } } ], ["$sync with search_path pg_catalog, pg_temp"],
+	'the consumer applies as the sync user with search_path pg_catalog, pg_temp');
+$node->safe_psql($db, 'DROP TRIGGER cs106_log_path ON cache.citizen_refs');
 
 # Without INSERT on the cache every batch fails.
 $node->safe_psql($db, "REVOKE INSERT ON cache.citizen_refs FROM $sync");
@@ -105,8 +140,8 @@ ok($node->poll_query_until($db, qq{
 SELECT state FROM citizen_sync.consumer_stats WHERE database = '$db'}, 'running'),
 	'the consumer is running again');
 is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the same consumer process caught up');
-is($node->safe_psql($db, 'SELECT count(*), min(kind) FROM public.permits'),
-	'1|parking', 'public.permits is untouched');
+is($node->safe_psql($db, 'SELECT count(*), min(kind) FROM permits.permits'),
+	'1|parking', 'permits.permits is untouched');
 
 $node->stop;
 $broker->stop;

@@ -1,8 +1,9 @@
 # Monitoring as shipped: the Prometheus alert rules pass promtool (syntax,
 # the example configuration, the rules' unit tests) and link to existing
 # runbook sections; prometheus-postgres-exporter with
-# monitoring/postgres_exporter_queries.yaml, run as a pg_monitor-only role
-# against a live pipeline (publisher, two consumers, broker), exposes every
+# monitoring/postgres_exporter_queries.yaml, run as the role
+# docs/operations.md creates (a member of citizen_sync_monitor only) against
+# a live pipeline (publisher, two consumers, broker), exposes every
 # citizen_sync_* metric the rules use, with the values the SQL views give.
 #
 # Needs Debian's `prometheus` (promtool) and `prometheus-postgres-exporter`
@@ -20,6 +21,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use CitizenSyncE2E qw(:all);
+use CitizenSyncShipped;
 
 my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
 my $mon = "$root/monitoring";
@@ -115,8 +117,11 @@ SKIP:
 	my $kafka = start_broker();
 	my $node = start_pipeline('prom', $kafka, conf => "citizen_sync.restart_delay = 1s\n");
 
-	# The exporter's role: pg_monitor only.
-	$node->safe_psql('postgres', 'CREATE ROLE cs_exporter LOGIN IN ROLE pg_monitor');
+	# The exporter's role, as docs/operations.md creates it.
+	my @setup = grep { /\bcitizen_sync_exporter\b/ } map { @{ $_->{statements} } }
+	  grep { $_->{file} eq 'docs/operations.md' } CitizenSyncShipped::doc_blocks($root);
+	ok(scalar(@setup), 'docs/operations.md sets up the exporter role');
+	$node->safe_psql('postgres', s/\bcitizen_sync_exporter\b/cs_exporter/gr) for @setup;
 	$node->safe_psql('permits_db', 'CREATE EXTENSION dblink');
 
 	# 30 citizens, 10 updated, 3 deleted.

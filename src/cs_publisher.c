@@ -33,7 +33,6 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "cs_guc.h"
-#include "cs_health.h"
 #include "cs_kafka_conf.h"
 #include "cs_shmem.h"
 #include "cs_worker.h"
@@ -206,8 +205,6 @@ drain_reports(Publisher *p)
 		}
 		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
 			cs_worker_log_kafka(ev);
-		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_STATS)
-			cs_health_kafka_stats(p->slot, rd_kafka_event_stats(ev));
 		rd_kafka_event_destroy(ev);
 	}
 }
@@ -402,9 +399,7 @@ kafka_start(Publisher *p)
 		if (rd_kafka_conf_get(conf, "message.timeout.ms", value, &size) == RD_KAFKA_CONF_OK)
 			p->report_timeout_ms = atol(value) + 10000;
 	}
-	cs_health_conf(conf);
-	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG |
-							 RD_KAFKA_EVENT_STATS);
+	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
 	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (p->rk == NULL)
 		ereport(ERROR,

@@ -2,6 +2,8 @@
 -- Health: configuration in force, workers configured and running, brokers,
 -- partial assignment, freshness (C side: cs_stats.c, cs_health.c,
 -- cs_settings.c).  Monitoring reads these views with plain SELECTs.
+-- All new in 0.2.0: sql/upgrade/0.1.0--0.2.0/70_config_alerts.sql is a
+-- symbolic link to this file.
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.worker_health_raw(

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "cs_guc.h"
+#include "cs_settings.h"
 #include "cs_shmem.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -26,7 +27,8 @@ register_launcher(void)
 	BackgroundWorker bgw;
 
 	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	/* a connection to the shared catalogs only: it checks pg_database */
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = 5;
 	strlcpy(bgw.bgw_library_name, "citizen_sync", BGW_MAXLEN);
@@ -45,6 +47,7 @@ _PG_init(void)
 				 errmsg("citizen_sync must be loaded via shared_preload_libraries"),
 				 errhint("Add citizen_sync to shared_preload_libraries in postgresql.conf and restart the server.")));
 	cs_guc_define();
+	cs_settings_check_startup();
 	cs_shmem_init();
 	if (!IsBinaryUpgrade)
 		register_launcher();

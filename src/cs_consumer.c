@@ -24,6 +24,7 @@
 #include "cs_batch.h"
 #include "cs_config.h"
 #include "cs_guc.h"
+#include "cs_health.h"
 #include "cs_housekeeping.h"
 #include "cs_kafka_conf.h"
 #include "cs_offsets.h"
@@ -162,8 +163,10 @@ kafka_start(Consumer *c)
 	cs_kafka_conf_set(conf, "enable.auto.offset.store", "false");
 	cs_kafka_conf_set(conf, "enable.partition.eof", "false");
 	cs_kafka_conf_set(conf, "log.queue", "true");
+	cs_health_conf(conf);
 	rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_ERROR |
-							 RD_KAFKA_EVENT_LOG | RD_KAFKA_EVENT_OFFSET_COMMIT);
+							 RD_KAFKA_EVENT_LOG | RD_KAFKA_EVENT_OFFSET_COMMIT |
+							 RD_KAFKA_EVENT_STATS);
 	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (c->rk == NULL)
 		ereport(ERROR,
@@ -409,6 +412,7 @@ on_assign(Consumer *c, const rd_kafka_topic_partition_list_t *given, bool cooper
 	else
 		rd_kafka_assign(c->rk, args.parts);
 	slot_set_partitions(c, args.parts);
+	cs_health_assigned(c->slot);
 	ereport(LOG, (errmsg("citizen_sync: consumer for \"%s\" assigned %d partition(s)",
 						 c->database, args.parts->cnt)));
 	rd_kafka_topic_partition_list_destroy(args.parts);
@@ -433,6 +437,7 @@ on_revoke(Consumer *c, const rd_kafka_topic_partition_list_t *taken, bool cooper
 	else
 		rd_kafka_assign(c->rk, NULL);
 	slot_set_partitions(c, NULL);
+	cs_health_assigned(c->slot);
 }
 
 static void
@@ -472,6 +477,9 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 			break;
 		case RD_KAFKA_EVENT_LOG:
 			cs_worker_log_kafka(ev);
+			break;
+		case RD_KAFKA_EVENT_STATS:
+			cs_health_kafka_stats(c->slot, rd_kafka_event_stats(ev));
 			break;
 		default:
 			break;

@@ -12,6 +12,9 @@
  * one before PostgreSQL's own refusal would log the statement text); they go
  * in the file named by citizen_sync.kafka_properties_file, which only the
  * workers and the launcher read (cs_kafka_conf.c).
+ *
+ * The same hook stops the workers of a database before DROP DATABASE
+ * (cs_launcher_prepare_dropdb), so that retiring a database needs no FORCE.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -21,6 +24,7 @@
 #include "cs_config.h"
 #include "cs_guc.h"
 #include "cs_kafka_conf.h"
+#include "cs_launcher.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
@@ -188,6 +192,8 @@ cs_guc_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
 	refuse_bad_kafka_properties(pstmt->utilityStmt);
+	if (IsA(pstmt->utilityStmt, DropdbStmt))
+		cs_launcher_prepare_dropdb(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context,
 							 params, queryEnv, dest, qc);

@@ -3,9 +3,17 @@
  *	  The launcher: one consumer per citizen_sync.databases entry and the
  *	  outbox publisher, restarted with backoff, reconfigured on SIGHUP.
  *
- * The launcher connects to no database.  It owns the shared-memory slots:
- * slot i describes entry i of citizen_sync.databases, CS_PUBLISHER_SLOT the
- * publisher.  Workers are dynamic (BGW_NEVER_RESTART) and notify the
+ * The launcher connects to the shared catalogs only (no database): it
+ * checks in pg_database that a worker's database exists before starting the
+ * worker, so a database listed before it is created (or after it is
+ * dropped) waits quietly, with one WARNING and the state "waiting".  It owns
+ * the shared-memory slots: a database keeps its slot while it stays listed,
+ * so editing citizen_sync.databases restarts only the consumers whose entry
+ * changed; CS_PUBLISHER_SLOT is the publisher's.
+ *
+ * Settings invalid since the server started hold back the workers they
+ * configure (cs_settings.c); DROP DATABASE of a consumed database stops its
+ * consumer first (cs_launcher_prepare_dropdb(), from the utility hook).  Workers are dynamic (BGW_NEVER_RESTART) and notify the
  * launcher when they stop; a worker that failed is restarted after a delay
  * that doubles up to citizen_sync.restart_delay, one that stopped cleanly at
  * once.  When Kafka settings change, every worker is restarted with them.
@@ -21,7 +29,16 @@
 
 #include "cs_config.h"
 #include "cs_guc.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "cs_kafka_conf.h"
+#include "cs_launcher.h"
+#include "cs_settings.h"
 #include "cs_shmem.h"
 #include "cs_worker.h"
 #include "miscadmin.h"
@@ -29,7 +46,9 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "utils/acl.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PGDLLEXPORT void cs_launcher_main(Datum arg);
@@ -46,6 +65,7 @@ typedef struct LaunchState
 	TimestampTz started_at;
 	TimestampTz next_start_at;
 	long		backoff_ms;
+	char		held[256];		/* why it was last held back ("" = not) */
 } LaunchState;
 
 static LaunchState launch[CS_MAX_WORKERS];
@@ -55,6 +75,13 @@ static char *kafka_fingerprint = NULL;
 static char file_problem[384] = "";
 static TimestampTz next_file_check = 0;
 static bool file_check_due = false;
+
+/* CS_AFFECTS_* bits of the workers held back by invalid settings. */
+static int	settings_hold = 0;
+static const char *settings_hold_why = NULL;
+
+/* How long DROP DATABASE keeps the stopped workers of its database down. */
+#define CS_DROPDB_HOLD_MS	10000
 
 /* The settings whose change requires restarting every worker. */
 static char *
@@ -127,6 +154,22 @@ check_properties_file(uint64 *digest)
 	return st.ok;
 }
 
+/*
+ * A slot among the first CS_MAX_DATABASES for a newly listed database, not
+ * taken in want[]: preferably one that is idle, else one whose database is
+ * no longer listed (its worker is stopped first).  -1 if none.
+ */
+static int
+free_slot(LaunchState *want)
+{
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < CS_MAX_DATABASES; i++)
+			if (!want[i].wanted &&
+				(pass == 1 || (!launch[i].wanted && launch[i].handle == NULL)))
+				return i;
+	return -1;
+}
+
 /* Recompute which workers are wanted from the current settings. */
 static void
 compute_wanted(LaunchState *want)
@@ -135,18 +178,36 @@ compute_wanted(LaunchState *want)
 	char		errbuf[256];
 	int			n = 0;
 	bool		kafka = cs_brokers != NULL && cs_brokers[0] != '\0';
+	bool		placed[CS_MAX_DATABASES];
 
 	memset(want, 0, sizeof(LaunchState) * CS_MAX_WORKERS);
 	if (kafka)
 		n = cs_parse_databases(cs_databases, entries, errbuf, sizeof(errbuf));
-	for (int i = 0; i < n; i++)
-	{
-		want[i].wanted = true;
-		want[i].kind = CS_WORKER_CONSUMER;
-		strlcpy(want[i].database, entries[i].database, NAMEDATALEN);
-		strlcpy(want[i].role, entries[i].role, NAMEDATALEN);
-		cs_group_for_database(entries[i].database, want[i].group_id, sizeof(want[i].group_id));
-	}
+	/* databases already served keep their slot; new ones take free slots */
+	for (int pass = 0; pass < 2; pass++)
+		for (int e = 0; e < n; e++)
+		{
+			int			i = -1;
+
+			if (pass == 0)
+			{
+				placed[e] = false;
+				for (int k = 0; k < CS_MAX_DATABASES && i < 0; k++)
+					if (launch[k].wanted && launch[k].kind == CS_WORKER_CONSUMER &&
+						strcmp(launch[k].database, entries[e].database) == 0)
+						i = k;
+			}
+			else if (!placed[e])
+				i = free_slot(want);
+			if (i < 0)
+				continue;
+			placed[e] = true;
+			want[i].wanted = true;
+			want[i].kind = CS_WORKER_CONSUMER;
+			strlcpy(want[i].database, entries[e].database, NAMEDATALEN);
+			strlcpy(want[i].role, entries[e].role, NAMEDATALEN);
+			cs_group_for_database(entries[e].database, want[i].group_id, sizeof(want[i].group_id));
+		}
 	if (kafka && cs_outbox_database && cs_outbox_database[0] != '\0')
 	{
 		LaunchState *p = &want[CS_PUBLISHER_SLOT];
@@ -249,6 +310,118 @@ schedule_restart(int i)
 	s->next_start_at = TimestampTzPlusMilliseconds(now, s->backoff_ms);
 }
 
+/*
+ * Does the database exist and accept connections?  If not, why gets a
+ * sentence.  Scans pg_database (a shared catalog, as the autovacuum
+ * launcher does) in a short transaction.
+ */
+static bool
+database_ready(const char *database, char *why, size_t len)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	int			found = 0;		/* 0 = no, 1 = yes, 2 = no connections */
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (found == 0 && HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), database) == 0)
+			found = db->datallowconn ? 1 : 2;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	if (found == 0)
+		snprintf(why, len, "database \"%s\" does not exist", database);
+	else if (found == 2)
+		snprintf(why, len, "database \"%s\" does not allow connections", database);
+	return found == 1;
+}
+
+/* Show slot i as waiting for reason; log the reason once if asked to. */
+static void
+hold_slot(int i, const char *reason, bool warn)
+{
+	LaunchState *s = &launch[i];
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+
+	cs_shmem_configure_slot(i, s->kind, s->database, s->role, s->group_id);
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	if (strcmp(slot->held_back, reason) != 0)
+	{
+		strlcpy(slot->held_back, reason, sizeof(slot->held_back));
+		strlcpy(slot->last_error, reason, sizeof(slot->last_error));
+		slot->last_error_at = GetCurrentTimestamp();
+	}
+	strlcpy(slot->state, "waiting", sizeof(slot->state));
+	LWLockRelease(cs_shared->lock);
+	if (warn && strcmp(s->held, reason) != 0)
+		ereport(WARNING,
+				(errmsg("citizen_sync: %s; the %s waits for it", reason,
+						s->kind == CS_WORKER_CONSUMER ? "consumer" : "publisher"),
+				 errhint("Create the database, or remove it from %s and reload (SELECT pg_reload_conf()).  The launcher checks again every %d s.",
+						 s->kind == CS_WORKER_CONSUMER ? "citizen_sync.databases" : "citizen_sync.outbox_database",
+						 cs_restart_delay_s)));
+	strlcpy(s->held, reason, sizeof(s->held));
+}
+
+/*
+ * May slot i's worker start now?  Not while an invalid setting configures
+ * it, while DROP DATABASE stops it, or while its database is missing; the
+ * slot then says why.
+ */
+static bool
+may_start(int i, TimestampTz now, TimestampTz *recheck_at)
+{
+	LaunchState *s = &launch[i];
+	int			affects = s->kind == CS_WORKER_CONSUMER ? CS_AFFECTS_CONSUMERS : CS_AFFECTS_PUBLISHER;
+	TimestampTz retire_until;
+	char		why[256];
+
+	*recheck_at = TimestampTzPlusMilliseconds(now, cs_restart_delay_s * 1000L);
+	if (settings_hold & affects)
+	{
+		snprintf(why, sizeof(why),
+				 "not started: \"%s\" has been invalid since the server started (see citizen_sync.config_problems)",
+				 settings_hold_why ? settings_hold_why : "a setting");
+		hold_slot(i, why, false);
+		*recheck_at = DT_NOEND;	/* until a reload */
+		return false;
+	}
+	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	retire_until = cs_shared->slots[i].retire_until;
+	LWLockRelease(cs_shared->lock);
+	if (retire_until > now)
+	{
+		snprintf(why, sizeof(why), "stopped for DROP DATABASE \"%s\"", s->database);
+		hold_slot(i, why, false);
+		*recheck_at = retire_until;
+		return false;
+	}
+	if (!database_ready(s->database, why, sizeof(why)))
+	{
+		hold_slot(i, why, true);
+		return false;
+	}
+	if (s->held[0] != '\0')
+	{
+		LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+		cs_shared->slots[i].held_back[0] = '\0';
+		if (strcmp(cs_shared->slots[i].last_error, s->held) == 0)
+			cs_shared->slots[i].last_error[0] = '\0';
+		LWLockRelease(cs_shared->lock);
+		s->held[0] = '\0';
+	}
+	return true;
+}
+
 /* Bring the running set in line with want[]; returns ms until next action. */
 static long
 reconcile(LaunchState *want)
@@ -278,6 +451,7 @@ reconcile(LaunchState *want)
 			memcpy(s, &want[i], offsetof(LaunchState, handle));
 			s->next_start_at = 0;
 			s->backoff_ms = 0;
+			s->held[0] = '\0';
 		}
 		if (s->wanted && s->handle == NULL && file_problem[0] != '\0')
 		{
@@ -287,10 +461,11 @@ reconcile(LaunchState *want)
 		}
 		else if (s->wanted && s->handle == NULL)
 		{
-			if (now >= s->next_start_at)
+			/* when held back, may_start() sets when to look again */
+			if (now >= s->next_start_at && may_start(i, now, &s->next_start_at))
 				start_worker(i);
-			else
-				timeout = Min(timeout, (long) ((s->next_start_at - now) / 1000) + 1);
+			if (s->handle == NULL && s->next_start_at != DT_NOEND)
+				timeout = Min(timeout, Max(1L, (long) ((s->next_start_at - now) / 1000) + 1));
 		}
 	}
 	if (file_problem[0] != '\0')
@@ -309,6 +484,10 @@ restart_all_if_settings_changed(void)
 	char	   *fp;
 
 	file_check_due = false;
+	settings_hold = cs_settings_refresh(&settings_hold_why);
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+		if (launch[i].handle == NULL)
+			launch[i].next_start_at = 0;	/* look again now */
 	if (!check_properties_file(&digest))
 		return;
 	fp = settings_fingerprint(digest);
@@ -325,28 +504,20 @@ restart_all_if_settings_changed(void)
 	pfree(fp);
 }
 
-/*
- * SIGUSR1 comes from the postmaster when a worker we started changes state
- * (bgw_notify_pid).  A worker without a database connection gets a handler
- * that only interrupts a wait; set the latch so that the wait returns.
- */
-static void
-handle_sigusr1(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
 void
 cs_launcher_main(Datum arg)
 {
 	LaunchState *want = MemoryContextAllocZero(TopMemoryContext,
 											   sizeof(LaunchState) * CS_MAX_WORKERS);
 
-	pqsignal(SIGUSR1, handle_sigusr1);
+	/*
+	 * SIGUSR1 keeps PostgreSQL's handler (procsignal_sigusr1_handler): it
+	 * sets the latch when the postmaster reports a worker's state change
+	 * (bgw_notify_pid) and serves procsignal barriers, which DROP DATABASE
+	 * waits for from every process with a connection, this one included.
+	 */
 	cs_worker_setup_signals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("citizen_sync launcher");
 	restart_all_if_settings_changed();
 	while (!cs_got_sigterm)
@@ -371,4 +542,36 @@ cs_launcher_main(Datum arg)
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 		stop_worker(&launch[i]);
 	proc_exit(0);
+}
+
+void
+cs_launcher_prepare_dropdb(const char *dbname)
+{
+	Oid			dboid = get_database_oid(dbname, true);
+	pid_t		pids[CS_MAX_WORKERS];
+	int			n = 0;
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), CS_DROPDB_HOLD_MS);
+
+	if (cs_shared == NULL || !OidIsValid(dboid) ||
+		!pg_database_ownercheck(dboid, GetUserId()))
+		return;					/* PostgreSQL will refuse the statement */
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		CsWorkerSlot *slot = &cs_shared->slots[i];
+
+		if (slot->kind == CS_WORKER_NONE || strcmp(slot->database, dbname) != 0)
+			continue;
+		slot->retire_until = until;
+		if (slot->pid != 0)
+			pids[n++] = slot->pid;
+	}
+	LWLockRelease(cs_shared->lock);
+	for (int i = 0; i < n; i++)
+	{
+		ereport(LOG,
+				(errmsg("citizen_sync: stopping the worker of database \"%s\" (pid %d) for DROP DATABASE",
+						dbname, (int) pids[i])));
+		(void) kill(pids[i], SIGTERM);
+	}
 }

@@ -27,9 +27,16 @@
 	" ON CONFLICT (group_id, topic, partition) DO UPDATE" \
 	" SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at"
 
+/*
+ * The position of a partition is the furthest any group stored in this
+ * database: the rows up to it are applied here, whatever group name read
+ * them, so a changed citizen_sync.group_id resumes instead of replaying the
+ * topic.  (One group consumes a topic into a database at a time: a database
+ * has one consumer, and several consumers of one database share its group.)
+ */
 #define LOAD_SQL \
-	"SELECT topic, partition, next_offset FROM citizen_sync.consumer_offsets" \
-	" WHERE group_id = $1"
+	"SELECT topic, partition, pg_catalog.max(next_offset)" \
+	" FROM citizen_sync.consumer_offsets GROUP BY topic, partition"
 
 static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
@@ -124,13 +131,9 @@ stored_offset(const char *topic, int32 partition)
 void
 cs_offsets_load(const char *group_id, rd_kafka_topic_partition_list_t *parts)
 {
-	static Oid	argtypes[1] = {TEXTOID};
-	Datum		arg;
-
 	cs_tx_begin("citizen_sync: reading stored offsets");
-	arg = CStringGetTextDatum(group_id);
-	if (SPI_execute_plan(keep_plan(&load_plan, LOAD_SQL, 1, argtypes),
-						 &arg, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(keep_plan(&load_plan, LOAD_SQL, 0, NULL),
+						 NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "citizen_sync: could not read consumer offsets");
 	for (int i = 0; i < parts->cnt; i++)
 	{

@@ -17,8 +17,9 @@
 extern void cs_offsets_store(const char *group_id, const CsMessage *msgs, int n);
 
 /*
- * Set the offset of every partition in parts to the stored next offset for
- * group_id, or RD_KAFKA_OFFSET_BEGINNING when none is stored.  Runs its own
+ * Set the offset of every partition in parts to the furthest next offset
+ * stored for it in this database by any group (group_id's or an earlier
+ * name's), or RD_KAFKA_OFFSET_BEGINNING when none is stored.  Runs its own
  * short transaction (the caller must not be in one).
  */
 extern void cs_offsets_load(const char *group_id, rd_kafka_topic_partition_list_t *parts);

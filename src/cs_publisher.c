@@ -587,6 +587,10 @@ mark_step(void *arg)
 	p->slot->publish_failures += nbad;
 	p->slot->batches++;
 	p->slot->last_batch_at = GetCurrentTimestamp();
+	if (nok > 0)
+		p->slot->last_delivery_at = p->slot->last_batch_at;
+	else if (nbad > nset)
+		p->slot->last_failure_at = p->slot->last_batch_at;
 	strlcpy(p->slot->state, nbad > nset ? "retrying" : "running", sizeof(p->slot->state));
 	if (nset)
 		snprintf(p->slot->last_error, sizeof(p->slot->last_error),

@@ -70,7 +70,35 @@ typedef struct CsWorkerSlot
 	TimestampTz last_error_at;
 	int			npartitions;
 	CsPartitionState partitions[CS_MAX_PARTITIONS];
+	/* health (cs_health.c), from librdkafka's statistics every second */
+	TimestampTz kafka_stats_at; /* last statistics seen (0 = none) */
+	int			brokers_known;	/* brokers the client knows of */
+	int			brokers_up;		/* ... of which connected */
+	TimestampTz brokers_up_at;	/* last time one was connected (0 = never) */
+	int			topic_partitions;	/* partitions of the consumer's topics, -1 unknown */
+	bool		partial_assignment; /* the consumers of this database hold fewer */
+	TimestampTz partial_since;	/* when fewer were first seen (0 = not) */
+	TimestampTz last_delivery_at;	/* publisher: last round that delivered a row */
+	TimestampTz last_failure_at;	/* publisher: last round that delivered none */
+	/* launcher (cs_launcher.c): why a wanted worker is held back, "" = not */
+	char		held_back[256];
+	TimestampTz retire_until;	/* DROP DATABASE in progress: do not start before */
 } CsWorkerSlot;
+
+/*
+ * A citizen_sync.* setting whose value in a configuration file is invalid
+ * (cs_settings.c).  At server start the affected workers are not started;
+ * after a reload the previous value stays in force.
+ */
+#define CS_MAX_CONFIG_PROBLEMS	8
+typedef struct CsConfigProblem
+{
+	char		setting[64];
+	char		message[512];	/* errmsg: errdetail, never a kafka_properties value */
+	int			affects;		/* CS_AFFECTS_* bits */
+	bool		at_startup;		/* true: workers held back; false: old value kept */
+	TimestampTz since;
+} CsConfigProblem;
 
 typedef struct CsShared
 {
@@ -78,6 +106,8 @@ typedef struct CsShared
 	int			publisher_pgprocno; /* -1 when no publisher runs */
 	pid_t		publisher_pid;
 	CsWorkerSlot slots[CS_MAX_WORKERS];
+	int			nconfig_problems;	/* written by the launcher only */
+	CsConfigProblem config_problems[CS_MAX_CONFIG_PROBLEMS];
 } CsShared;
 
 extern CsShared *cs_shared;

@@ -9,6 +9,8 @@
  */
 #include "postgres.h"
 
+#include "cs_health.h"
+#include "cs_settings.h"
 #include "cs_shmem.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -194,7 +196,8 @@ citizen_sync_latency_histogram(PG_FUNCTION_ARGS)
 /*
  * citizen_sync.fresh_as_of(database name): the last time the consumer of that
  * database had applied everything Kafka held, or NULL if unknown (no
- * consumer, never caught up, or Kafka unreachable since).
+ * consumer, never caught up, or Kafka unreachable since), and NULL while the
+ * consumers of the database hold only part of their topics' partitions.
  */
 Datum
 citizen_sync_fresh_as_of(PG_FUNCTION_ARGS)
@@ -209,9 +212,111 @@ citizen_sync_fresh_as_of(PG_FUNCTION_ARGS)
 		if (cs_shared->slots[i].kind == CS_WORKER_CONSUMER &&
 			cs_shared->slots[i].pid != 0 &&
 			strcmp(cs_shared->slots[i].database, db) == 0)
+		{
+			int			held,
+						total;
+
 			ts = cs_shared->slots[i].caught_up_at;
+			if (cs_health_assignment_short(cs_shared->slots, i, &held, &total))
+				ts = 0;
+		}
 	LWLockRelease(cs_shared->lock);
 	if (ts == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(ts);
+}
+
+PG_FUNCTION_INFO_V1(citizen_sync_worker_health);
+PG_FUNCTION_INFO_V1(citizen_sync_config_problems);
+
+#define WORKER_HEALTH_COLS 17
+
+/* Fill one worker_health row from slot i of a copy of the slots. */
+static void
+health_row(const CsWorkerSlot *slots, int i, Datum *v, bool *n)
+{
+	const CsWorkerSlot *s = &slots[i];
+	int			held = 0,
+				total = 0;
+	bool		is_short = false;
+
+	if (s->kind == CS_WORKER_CONSUMER && s->pid != 0)
+		is_short = cs_health_assignment_short(slots, i, &held, &total);
+	memset(n, 0, sizeof(bool) * WORKER_HEALTH_COLS);
+	v[0] = CStringGetTextDatum(kind_name(s->kind));
+	v[1] = CStringGetTextDatum(s->database);
+	v[2] = nullable_text(s->group_id, &n[2]);
+	v[3] = Int32GetDatum(s->pid);
+	n[3] = (s->pid == 0);
+	v[4] = CStringGetTextDatum(s->state);
+	v[5] = nullable_ts(s->pid ? s->started_at : 0, &n[5]);
+	v[6] = nullable_text(s->held_back, &n[6]);
+	v[7] = nullable_ts(s->pid ? s->kafka_stats_at : 0, &n[7]);
+	v[8] = Int32GetDatum(s->brokers_known);
+	v[9] = Int32GetDatum(s->brokers_up);
+	n[8] = n[9] = n[7];
+	v[10] = nullable_ts(s->brokers_up_at, &n[10]);
+	v[11] = Int32GetDatum(total);
+	n[11] = (s->kind != CS_WORKER_CONSUMER || s->pid == 0 || total <= 0);
+	v[12] = Int32GetDatum(held);
+	n[12] = (s->kind != CS_WORKER_CONSUMER || s->pid == 0);
+	v[13] = BoolGetDatum(s->pid != 0 && s->partial_assignment);
+	n[13] = (s->kind != CS_WORKER_CONSUMER);
+	v[14] = nullable_ts(s->pid && !is_short ? s->caught_up_at : 0, &n[14]);
+	v[15] = nullable_ts(s->last_delivery_at, &n[15]);
+	v[16] = nullable_ts(s->last_failure_at, &n[16]);
+}
+
+/* citizen_sync.worker_health_raw(): one row per configured worker. */
+Datum
+citizen_sync_worker_health(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CsWorkerSlot *slots;
+
+	InitMaterializedSRF(fcinfo, 0);
+	slots = snapshot_slots();
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		Datum		v[WORKER_HEALTH_COLS];
+		bool		n[WORKER_HEALTH_COLS];
+
+		if (slots[i].kind == CS_WORKER_NONE)
+			continue;
+		health_row(slots, i, v, n);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	PG_RETURN_VOID();
+}
+
+/* citizen_sync.config_problems_raw(): invalid citizen_sync.* settings. */
+Datum
+citizen_sync_config_problems(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CsConfigProblem problems[CS_MAX_CONFIG_PROBLEMS];
+	int			nproblems;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (cs_shared == NULL)
+		PG_RETURN_VOID();
+	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	nproblems = cs_shared->nconfig_problems;
+	memcpy(problems, cs_shared->config_problems, sizeof(CsConfigProblem) * nproblems);
+	LWLockRelease(cs_shared->lock);
+	for (int i = 0; i < nproblems; i++)
+	{
+		Datum		v[5];
+		bool		n[5] = {false, false, false, false, false};
+		int			a = problems[i].affects;
+
+		v[0] = CStringGetTextDatum(problems[i].setting);
+		v[1] = CStringGetTextDatum(problems[i].message);
+		v[2] = CStringGetTextDatum(a == CS_AFFECTS_CONSUMERS ? "consumers" :
+								   a == CS_AFFECTS_PUBLISHER ? "publisher" : "all");
+		v[3] = BoolGetDatum(problems[i].at_startup);
+		v[4] = TimestampTzGetDatum(problems[i].since);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	PG_RETURN_VOID();
 }

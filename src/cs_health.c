@@ -1,0 +1,217 @@
+/*-------------------------------------------------------------------------
+ * cs_health.c
+ *	  Broker reachability and partial assignment from librdkafka statistics.
+ *
+ * See cs_health.h.  Runs in the worker's main loop; the JSON is parsed with
+ * json-c and released before returning; slot fields are written under the
+ * shared lock, the log is written after releasing it.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <json-c/json.h>
+
+#include "cs_config.h"
+#include "cs_guc.h"
+#include "cs_health.h"
+#include "cs_kafka_conf.h"
+#include "utils/timestamp.h"
+
+void
+cs_health_conf(rd_kafka_conf_t *conf)
+{
+	cs_kafka_conf_set(conf, "statistics.interval.ms", CS_STATS_INTERVAL);
+}
+
+/*
+ * Count the brokers the client was given or learned (not its internal or
+ * logical ones) and those connected.
+ */
+static void
+count_brokers(json_object *root, int *known, int *up)
+{
+	json_object *brokers;
+	struct json_object_iterator it;
+	struct json_object_iterator end;
+
+	*known = *up = 0;
+	if (!json_object_object_get_ex(root, "brokers", &brokers) ||
+		!json_object_is_type(brokers, json_type_object))
+		return;
+	end = json_object_iter_end(brokers);
+	for (it = json_object_iter_begin(brokers); !json_object_iter_equal(&it, &end);
+		 json_object_iter_next(&it))
+	{
+		json_object *b = json_object_iter_peek_value(&it);
+		json_object *source;
+		json_object *state;
+		const char *src;
+
+		if (!json_object_object_get_ex(b, "source", &source) ||
+			!json_object_object_get_ex(b, "state", &state))
+			continue;
+		src = json_object_get_string(source);
+		if (strcmp(src, "internal") == 0 || strcmp(src, "logical") == 0)
+			continue;
+		(*known)++;
+		if (strcmp(json_object_get_string(state), "UP") == 0)
+			(*up)++;
+	}
+}
+
+/*
+ * Partitions of citizen_sync.topics in the client's metadata, or -1 when one
+ * of them is not known yet.
+ */
+static int
+count_topic_partitions(json_object *root)
+{
+	char		topics[CS_MAX_TOPICS][250];
+	char		errbuf[256];
+	int			ntopics = cs_parse_topics(cs_topics, topics, CS_MAX_TOPICS, errbuf, sizeof(errbuf));
+	json_object *all;
+	int			total = 0;
+
+	if (ntopics <= 0 || !json_object_object_get_ex(root, "topics", &all))
+		return -1;
+	for (int t = 0; t < ntopics; t++)
+	{
+		json_object *topic;
+		json_object *parts;
+		struct json_object_iterator it;
+		struct json_object_iterator end;
+		int			n = 0;
+
+		if (!json_object_object_get_ex(all, topics[t], &topic) ||
+			!json_object_object_get_ex(topic, "partitions", &parts) ||
+			!json_object_is_type(parts, json_type_object))
+			return -1;
+		end = json_object_iter_end(parts);
+		for (it = json_object_iter_begin(parts); !json_object_iter_equal(&it, &end);
+			 json_object_iter_next(&it))
+			if (json_object_iter_peek_name(&it)[0] != '-')	/* "-1": unassigned queue */
+				n++;
+		if (n == 0)
+			return -1;
+		total += n;
+	}
+	return total;
+}
+
+bool
+cs_health_assignment_short(const CsWorkerSlot *slots, int i, int *held, int *total)
+{
+	const CsWorkerSlot *me = &slots[i];
+	int			consumers = 0;
+
+	*held = 0;
+	*total = me->topic_partitions;
+	for (int j = 0; j < CS_MAX_WORKERS; j++)
+		if (slots[j].kind == CS_WORKER_CONSUMER && slots[j].pid != 0 &&
+			strcmp(slots[j].database, me->database) == 0 &&
+			strcmp(slots[j].group_id, me->group_id) == 0)
+		{
+			*held += slots[j].npartitions;
+			consumers++;
+			*total = Max(*total, slots[j].topic_partitions);
+		}
+	if (*total <= 0)
+		return true;			/* not known yet: not known to be complete */
+	return *held < Min(*total, CS_MAX_PARTITIONS * Max(consumers, 1));
+}
+
+/*
+ * Re-evaluate the assignment of the slot's database; returns +1 when it has
+ * just been found partial for the grace period, -1 when that has ended.
+ */
+static int
+evaluate_assignment(CsWorkerSlot *slot, TimestampTz now, int *held, int *total)
+{
+	int			i = slot - cs_shared->slots;
+	bool		is_short = cs_health_assignment_short(cs_shared->slots, i, held, total);
+
+	if (*total <= 0)
+		return 0;				/* no metadata: nothing to conclude */
+	if (!is_short)
+	{
+		slot->partial_since = 0;
+		if (!slot->partial_assignment)
+			return 0;
+		slot->partial_assignment = false;
+		return -1;
+	}
+	if (slot->partial_since == 0)
+		slot->partial_since = now;
+	if (slot->partial_assignment ||
+		!TimestampDifferenceExceeds(slot->partial_since, now, CS_PARTIAL_GRACE_MS))
+		return 0;
+	slot->partial_assignment = true;
+	return 1;
+}
+
+static void
+report_assignment(CsWorkerSlot *slot, int change, int held, int total)
+{
+	if (change > 0)
+		ereport(WARNING,
+				(errmsg("citizen_sync: the consumers of \"%s\" hold %d of the %d partitions of their topics in group \"%s\"",
+						slot->database, held, total, slot->group_id),
+				 errdetail("Another member of the consumer group, such as a cloned or promoted instance, holds the others: this cache receives only part of the events.  It keeps applying what it receives but is not reported fresh (fresh_as_of() is NULL) until it holds every partition."),
+				 errhint("Stop the citizen_sync consumer on the other instance (remove the database from its citizen_sync.databases), or give it its own citizen_sync.group_id.")));
+	else if (change < 0)
+		ereport(LOG,
+				(errmsg("citizen_sync: the consumers of \"%s\" hold all %d partitions of their topics again",
+						slot->database, total)));
+}
+
+void
+cs_health_kafka_stats(CsWorkerSlot *slot, const char *json)
+{
+	json_object *root = json ? json_tokener_parse(json) : NULL;
+	TimestampTz now = GetCurrentTimestamp();
+	int			known,
+				up,
+				partitions = -1;
+	int			change = 0,
+				held = 0,
+				total = 0;
+
+	if (root == NULL)
+		return;
+	count_brokers(root, &known, &up);
+	if (slot->kind == CS_WORKER_CONSUMER)
+		partitions = count_topic_partitions(root);
+	json_object_put(root);
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	slot->kafka_stats_at = now;
+	slot->brokers_known = known;
+	slot->brokers_up = up;
+	if (up > 0)
+		slot->brokers_up_at = now;
+	if (slot->kind == CS_WORKER_CONSUMER)
+	{
+		if (partitions > 0)
+			slot->topic_partitions = partitions;
+		change = evaluate_assignment(slot, now, &held, &total);
+		if (change != 0)
+			slot->caught_up_at = 0;
+	}
+	LWLockRelease(cs_shared->lock);
+	report_assignment(slot, change, held, total);
+}
+
+void
+cs_health_assigned(CsWorkerSlot *slot)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			change,
+				held,
+				total;
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	slot->caught_up_at = 0;
+	change = evaluate_assignment(slot, now, &held, &total);
+	LWLockRelease(cs_shared->lock);
+	report_assignment(slot, change, held, total);
+}

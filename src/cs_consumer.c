@@ -460,15 +460,12 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 			handle_rebalance(c, ev);
 			break;
 		case RD_KAFKA_EVENT_ERROR:
-			{
-				char		msg[512];
-
-				snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
-				cs_shmem_set_error(c->slot, msg);
-				c->kafka_trouble = true;
-				ereport(rd_kafka_event_error_is_fatal(ev) ? ERROR : LOG,
-						(errmsg("citizen_sync: %s", msg)));
-			}
+			c->kafka_trouble = true;
+			if (cs_worker_kafka_error(c->slot, ev))
+				ereport(ERROR,	/* fatal: the process restarts (error policy) */
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("citizen_sync: consumer for database \"%s\": fatal Kafka error: %s",
+								c->database, rd_kafka_event_error_string(ev))));
 			break;
 		case RD_KAFKA_EVENT_LOG:
 			cs_worker_log_kafka(ev);

@@ -53,8 +53,30 @@ extern bool cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg);
 extern void cs_tx_begin(const char *activity);
 extern void cs_tx_commit(void);
 
-/* Report a librdkafka log event of warning level or worse in the server log. */
+/*
+ * Logging.  Every line names the worker's database.  A condition that
+ * repeats (a librdkafka error, a dead letter of the same SQLSTATE) is logged
+ * at most once per CS_LOG_REPEAT_INTERVAL_S, with the number of lines held
+ * back since the last one.
+ */
+#define CS_LOG_REPEAT_INTERVAL_S	30
+
+/*
+ * Should a line about the condition key be logged now?  When it should,
+ * *suppressed is the number of lines of that condition held back since.
+ */
+extern bool cs_log_allowed(const char *key, int64 *suppressed);
+
+/* Log a librdkafka log event of warning level or worse (rate-limited). */
 extern void cs_worker_log_kafka(rd_kafka_event_t *ev);
+
+/*
+ * A librdkafka error event: record it in the slot (last_error) and the error
+ * ring, log it unless it repeats (the log line librdkafka also emits for it
+ * counts as the same condition).  Returns true when librdkafka says it is
+ * fatal: the caller must then raise (see the error policy above).
+ */
+extern bool cs_worker_kafka_error(CsWorkerSlot *slot, rd_kafka_event_t *ev);
 
 /*
  * Session settings of a worker, right after it connects:

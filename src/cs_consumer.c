@@ -168,7 +168,8 @@ kafka_start(Consumer *c)
 	if (c->rk == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: could not create a Kafka consumer: %s", errstr)));
+				 errmsg("citizen_sync: consumer for database \"%s\": could not create a Kafka consumer: %s",
+						c->database, errstr)));
 	rd_kafka_poll_set_consumer(c->rk);
 	rd_kafka_set_log_queue(c->rk, NULL);
 	c->queue = rd_kafka_queue_get_consumer(c->rk);
@@ -181,7 +182,8 @@ kafka_start(Consumer *c)
 	if (rd_kafka_subscribe(c->rk, sub) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: could not subscribe to \"%s\"", cs_topics)));
+				 errmsg("citizen_sync: consumer for database \"%s\": could not subscribe to \"%s\"",
+						c->database, cs_topics)));
 	rd_kafka_topic_partition_list_destroy(sub);
 }
 
@@ -350,8 +352,7 @@ take_fetch(Consumer *c, rd_kafka_event_t *ev)
 
 		if (m->err)
 		{
-			ereport(LOG, (errmsg("citizen_sync: consumer error: %s",
-								 rd_kafka_message_errstr(m))));
+			cs_worker_log_kafka_condition("fetch error", rd_kafka_message_errstr(m));
 			continue;
 		}
 		batch_reserve(c, c->nmsgs + 1);
@@ -398,7 +399,8 @@ on_assign(Consumer *c, const rd_kafka_topic_partition_list_t *given, bool cooper
 	AssignArgs	args = {c, rd_kafka_topic_partition_list_copy(given)};
 
 	if (!cs_worker_try(c->slot, load_step, &args))
-		proc_exit(1);			/* restart; positions come from the database */
+		proc_exit(1);			/* error policy 2 (cs_worker.h): restart, positions
+								 * come from the database */
 	if (cooperative)
 	{
 		rd_kafka_error_t *err = rd_kafka_incremental_assign(c->rk, args.parts);
@@ -420,8 +422,9 @@ on_revoke(Consumer *c, const rd_kafka_topic_partition_list_t *taken, bool cooper
 {
 	if (!flush_batch(c))
 	{
-		ereport(LOG, (errmsg("citizen_sync: could not apply the batch during a rebalance; restarting from the stored offsets")));
-		proc_exit(1);
+		ereport(LOG, (errmsg("citizen_sync: consumer for database \"%s\" could not apply the batch during a rebalance; restarting from the stored offsets",
+							 c->database)));
+		proc_exit(1);			/* error policy 2 (cs_worker.h) */
 	}
 	if (cooperative)
 	{

@@ -3,8 +3,9 @@
  *	  Signals, waiting and error containment shared by the workers.
  *
  * The error discipline follows timescaledb's job runner: catch, report,
- * abort the transaction, remember the failure for the stats view, go on.
- * An error in one step never kills the process.
+ * abort the transaction, remember the failure for the views, go on.  Which
+ * errors are retried, restart the process or stop it: the error policy in
+ * cs_worker.h.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -301,8 +302,8 @@ kafka_condition_key(const char *text, char *key, size_t keylen)
  * line and an error event with the same text): both share one key, so the
  * second is a suppressed repeat.
  */
-static void
-log_kafka_condition(const char *what, const char *text)
+void
+cs_worker_log_kafka_condition(const char *what, const char *text)
 {
 	char		key[256];
 	int64		suppressed;
@@ -330,7 +331,7 @@ cs_worker_log_kafka(rd_kafka_event_t *ev)
 	int			level;
 
 	if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
-		log_kafka_condition(fac, str);
+		cs_worker_log_kafka_condition(fac, str);
 }
 
 bool
@@ -348,7 +349,7 @@ cs_worker_kafka_error(CsWorkerSlot *slot, rd_kafka_event_t *ev)
 		r.detail = "librdkafka reported this error as fatal.";
 	cs_errors_add(slot, &r);
 	if (!fatal)
-		log_kafka_condition("error", text);
+		cs_worker_log_kafka_condition("error", text);
 	return fatal;
 }
 

@@ -8,6 +8,11 @@
  * goes to the dead letters; any other error propagates and the whole batch
  * is rolled back for the caller to retry.  Invalid messages never reach the
  * apply: the parser rejects them and they are dead-lettered directly.
+ *
+ * While a batch is applied an error-context callback (as pglogical's apply
+ * does) names the database, the topic, partition and offsets of what is
+ * being applied, and the event id: the whole batch first, then the event
+ * being isolated.  Every dead letter is logged, repeats rate-limited.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -24,6 +29,79 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+
+/* What is being applied, for the error context; updated as it moves on. */
+typedef struct ApplyPosition
+{
+	const CsMessage *msgs;
+	const CsEvent *events;
+	int			n;
+} ApplyPosition;
+
+static const char *
+event_id_or_unknown(const CsEvent *event)
+{
+	return event->event_id ? event->event_id : "(unknown)";
+}
+
+/*
+ * errcontext: the database, then the event (one) or the offsets of the
+ * batch in its first message's partition and how many events are elsewhere.
+ */
+static void
+apply_context(void *arg)
+{
+	const ApplyPosition *pos = (const ApplyPosition *) arg;
+	const CsMessage *m = &pos->msgs[0];
+	CsWorkerSlot *slot = cs_shmem_my_slot();
+	const char *db = slot ? slot->database : "?";
+	int64		lo = m->offset,
+				hi = m->offset;
+	int			elsewhere = 0;
+
+	if (pos->n <= 0)
+		return;
+	if (pos->n == 1)
+	{
+		errcontext("applying event \"%s\" in database \"%s\": topic \"%s\", partition %d, offset " INT64_FORMAT,
+				   event_id_or_unknown(&pos->events[0]), db, m->topic, m->partition, m->offset);
+		return;
+	}
+	for (int i = 1; i < pos->n; i++)
+	{
+		if (pos->msgs[i].partition != m->partition || strcmp(pos->msgs[i].topic, m->topic) != 0)
+			elsewhere++;
+		else
+		{
+			lo = Min(lo, pos->msgs[i].offset);
+			hi = Max(hi, pos->msgs[i].offset);
+		}
+	}
+	errcontext("applying a batch of %d events in database \"%s\": topic \"%s\", partition %d, offsets " INT64_FORMAT ".." INT64_FORMAT "%s, first event \"%s\"",
+			   pos->n, db, m->topic, m->partition, lo, hi,
+			   elsewhere > 0 ? psprintf(" (and %d events of other partitions)", elsewhere) : "",
+			   event_id_or_unknown(&pos->events[0]));
+}
+
+/* Log a dead letter (the same SQLSTATE at most once per interval). */
+static void
+log_dead_letter(const CsMessage *msg, const CsEvent *event, int sqlerrcode,
+				const char *message)
+{
+	char		key[64];
+	int64		suppressed;
+	CsWorkerSlot *slot = cs_shmem_my_slot();
+
+	snprintf(key, sizeof(key), "dead-letter %s", unpack_sql_state(sqlerrcode));
+	if (!cs_log_allowed(key, &suppressed))
+		return;
+	ereport(LOG,
+			(errmsg("citizen_sync: consumer for database \"%s\" dead-lettered event \"%s\" (topic \"%s\", partition %d, offset " INT64_FORMAT "): %s",
+					slot ? slot->database : "?", event_id_or_unknown(event),
+					msg->topic, msg->partition, msg->offset, message),
+			 errdetail_internal("SQLSTATE %s; %lld similar line(s) suppressed since the last one.",
+								unpack_sql_state(sqlerrcode), (long long) suppressed)));
+}
 
 /* A data error is the message's fault; anything else is the system's. */
 static bool
@@ -88,6 +166,7 @@ parse_messages(const CsMessage *msgs, int n, CsEvent *events,
 			results[i] = CS_RESULT_INVALID;
 			cs_dead_letter_store(&msgs[i], events[i].event_id,
 								 err.sqlstate, "invalid citizen event", err.detail);
+			log_dead_letter(&msgs[i], &events[i], err.sqlstate, "invalid citizen event");
 			outcome->dead_lettered++;
 		}
 	}
@@ -99,7 +178,7 @@ parse_messages(const CsMessage *msgs, int n, CsEvent *events,
  */
 static void
 apply_isolated(const CsMessage *msgs, const CsEvent *events, int n,
-			   CsApplyResult *results, CsBatchOutcome *outcome)
+			   CsApplyResult *results, CsBatchOutcome *outcome, ApplyPosition *pos)
 {
 	for (int i = 0; i < n; i++)
 	{
@@ -107,12 +186,16 @@ apply_isolated(const CsMessage *msgs, const CsEvent *events, int n,
 
 		if (results[i] == CS_RESULT_INVALID)
 			continue;
+		pos->msgs = &msgs[i];
+		pos->events = &events[i];
+		pos->n = 1;
 		edata = apply_in_subxact(&events[i], 1, &results[i]);
 		if (edata != NULL)
 		{
 			results[i] = CS_RESULT_INVALID;
 			cs_dead_letter_store(&msgs[i], events[i].event_id, edata->sqlerrcode,
 								 edata->message, edata->detail);
+			log_dead_letter(&msgs[i], &events[i], edata->sqlerrcode, edata->message);
 			outcome->dead_lettered++;
 			FreeErrorData(edata);
 		}
@@ -164,12 +247,21 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	CsEvent    *events;
 	CsApplyResult *results;
 	ErrorData  *edata;
+	ApplyPosition pos = {msgs, NULL, 0};
+	ErrorContextCallback errcallback;
 
 	memset(outcome, 0, sizeof(*outcome));
 	cs_tx_begin("citizen_sync: applying a batch");
 
 	events = palloc0(sizeof(CsEvent) * n);
 	results = palloc(sizeof(CsApplyResult) * n);
+	pos.events = events;
+	pos.n = n;
+	errcallback.callback = apply_context;
+	errcallback.arg = &pos;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
 	parse_messages(msgs, n, events, results, outcome);
 	edata = apply_in_subxact(events, n, results);
 	if (edata != NULL)
@@ -178,10 +270,14 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 				(errmsg("citizen_sync: batch of %d events raised \"%s\"; isolating the failing event",
 						n, edata->message)));
 		FreeErrorData(edata);
-		apply_isolated(msgs, events, n, results, outcome);
+		apply_isolated(msgs, events, n, results, outcome, &pos);
 	}
+	pos.msgs = msgs;
+	pos.events = events;
+	pos.n = n;
 	tally(events, results, n, outcome);
 	cs_offsets_store(group_id, msgs, n);
 
+	error_context_stack = errcallback.previous;
 	cs_tx_commit();
 }

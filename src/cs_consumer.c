@@ -171,7 +171,8 @@ kafka_start(Consumer *c)
 	if (c->rk == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: could not create a Kafka consumer: %s", errstr)));
+				 errmsg("citizen_sync: consumer for database \"%s\": could not create a Kafka consumer: %s",
+						c->database, errstr)));
 	rd_kafka_poll_set_consumer(c->rk);
 	rd_kafka_set_log_queue(c->rk, NULL);
 	c->queue = rd_kafka_queue_get_consumer(c->rk);
@@ -184,7 +185,8 @@ kafka_start(Consumer *c)
 	if (rd_kafka_subscribe(c->rk, sub) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: could not subscribe to \"%s\"", cs_topics)));
+				 errmsg("citizen_sync: consumer for database \"%s\": could not subscribe to \"%s\"",
+						c->database, cs_topics)));
 	rd_kafka_topic_partition_list_destroy(sub);
 }
 
@@ -353,8 +355,7 @@ take_fetch(Consumer *c, rd_kafka_event_t *ev)
 
 		if (m->err)
 		{
-			ereport(LOG, (errmsg("citizen_sync: consumer error: %s",
-								 rd_kafka_message_errstr(m))));
+			cs_worker_log_kafka_condition("fetch error", rd_kafka_message_errstr(m));
 			continue;
 		}
 		batch_reserve(c, c->nmsgs + 1);
@@ -401,7 +402,8 @@ on_assign(Consumer *c, const rd_kafka_topic_partition_list_t *given, bool cooper
 	AssignArgs	args = {c, rd_kafka_topic_partition_list_copy(given)};
 
 	if (!cs_worker_try(c->slot, load_step, &args))
-		proc_exit(1);			/* restart; positions come from the database */
+		proc_exit(1);			/* error policy 2 (cs_worker.h): restart, positions
+								 * come from the database */
 	if (cooperative)
 	{
 		rd_kafka_error_t *err = rd_kafka_incremental_assign(c->rk, args.parts);
@@ -424,8 +426,9 @@ on_revoke(Consumer *c, const rd_kafka_topic_partition_list_t *taken, bool cooper
 {
 	if (!flush_batch(c))
 	{
-		ereport(LOG, (errmsg("citizen_sync: could not apply the batch during a rebalance; restarting from the stored offsets")));
-		proc_exit(1);
+		ereport(LOG, (errmsg("citizen_sync: consumer for database \"%s\" could not apply the batch during a rebalance; restarting from the stored offsets",
+							 c->database)));
+		proc_exit(1);			/* error policy 2 (cs_worker.h) */
 	}
 	if (cooperative)
 	{
@@ -465,15 +468,12 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 			handle_rebalance(c, ev);
 			break;
 		case RD_KAFKA_EVENT_ERROR:
-			{
-				char		msg[512];
-
-				snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
-				cs_shmem_set_error(c->slot, msg);
-				c->kafka_trouble = true;
-				ereport(rd_kafka_event_error_is_fatal(ev) ? ERROR : LOG,
-						(errmsg("citizen_sync: %s", msg)));
-			}
+			c->kafka_trouble = true;
+			if (cs_worker_kafka_error(c->slot, ev))
+				ereport(ERROR,	/* fatal: the process restarts (error policy) */
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("citizen_sync: consumer for database \"%s\": fatal Kafka error: %s",
+								c->database, rd_kafka_event_error_string(ev))));
 			break;
 		case RD_KAFKA_EVENT_LOG:
 			cs_worker_log_kafka(ev);

@@ -345,13 +345,7 @@ drain_reports(Publisher *p)
 			}
 		}
 		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_ERROR)
-		{
-			char		msg[512];
-
-			snprintf(msg, sizeof(msg), "Kafka: %s", rd_kafka_event_error_string(ev));
-			cs_shmem_set_error(p->slot, msg);
-			ereport(LOG, (errmsg("citizen_sync: publisher: %s", msg)));
-		}
+			(void) cs_worker_kafka_error(p->slot, ev);	/* fatal: see the producer's replacement */
 		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
 			cs_worker_log_kafka(ev);
 		rd_kafka_event_destroy(ev);

@@ -11,6 +11,7 @@
 
 #include <math.h>
 
+#include "cs_errors.h"
 #include "cs_shmem.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -36,6 +37,7 @@ cs_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(CsShared)));
 	RequestNamedLWLockTranche("citizen_sync", 1);
+	cs_errors_shmem_request();
 }
 
 static void
@@ -53,6 +55,7 @@ cs_shmem_startup(void)
 		cs_shared->lock = &(GetNamedLWLockTranche("citizen_sync"))->lock;
 		cs_shared->publisher_pgprocno = -1;
 	}
+	cs_errors_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -86,6 +89,11 @@ detach_slot(int code, Datum arg)
 		strlcpy(my_slot->state, code == 0 ? "stopped" : "failed", sizeof(my_slot->state));
 	}
 	LWLockRelease(cs_shared->lock);
+	ereport(LOG,
+			(errmsg("citizen_sync: %s for database \"%s\" %s (pid %d)",
+					my_slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+					my_slot->database, code == 0 ? "stopped" : "exited with an error; the launcher restarts it",
+					MyProcPid)));
 	my_slot = NULL;
 }
 
@@ -106,6 +114,7 @@ cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
 		strlcpy(slot->role, role, NAMEDATALEN);
 		strlcpy(slot->group_id, group_id, sizeof(slot->group_id));
 		strlcpy(slot->state, "starting", sizeof(slot->state));
+		cs_errors_clear(i);
 	}
 	LWLockRelease(cs_shared->lock);
 }
@@ -115,6 +124,7 @@ cs_shmem_clear_slot(int i)
 {
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
 	memset(&cs_shared->slots[i], 0, sizeof(CsWorkerSlot));
+	cs_errors_clear(i);
 	LWLockRelease(cs_shared->lock);
 }
 
@@ -136,7 +146,17 @@ cs_shmem_attach(int i)
 	LWLockRelease(cs_shared->lock);
 	my_slot = slot;
 	on_shmem_exit(detach_slot, (Datum) 0);
+	ereport(LOG,
+			(errmsg("citizen_sync: %s for database \"%s\" started (pid %d)",
+					slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+					slot->database, MyProcPid)));
 	return slot;
+}
+
+CsWorkerSlot *
+cs_shmem_my_slot(void)
+{
+	return my_slot;
 }
 
 void

@@ -133,6 +133,9 @@ extern void cs_shmem_clear_slot(int i);
 /* Worker: attach to slot i for the life of the process; returns the slot. */
 extern CsWorkerSlot *cs_shmem_attach(int i);
 
+/* Worker: the slot attached to, NULL before cs_shmem_attach(). */
+extern CsWorkerSlot *cs_shmem_my_slot(void);
+
 /* Set the slot's state word (under the lock). */
 extern void cs_shmem_set_state(CsWorkerSlot *slot, const char *state);
 

@@ -3,12 +3,14 @@
  *	  Signals, waiting and error containment shared by the workers.
  *
  * The error discipline follows timescaledb's job runner: catch, report,
- * abort the transaction, remember the failure for the stats view, go on.
- * An error in one step never kills the process.
+ * abort the transaction, remember the failure for the views, go on.  Which
+ * errors are retried, restart the process or stop it: the error policy in
+ * cs_worker.h.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -18,6 +20,8 @@
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
+#include "common/hashfn.h"
+#include "cs_errors.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -31,6 +35,7 @@
 #include "utils/rel.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 volatile sig_atomic_t cs_got_sigterm = false;
@@ -120,10 +125,34 @@ cs_waiter_close(CsQueueWaiter *w)
 	memset(w, 0, sizeof(*w));
 }
 
+/* errcontext of every step: which worker, for which database */
+static void
+worker_context(void *arg)
+{
+	const CsWorkerSlot *slot = (const CsWorkerSlot *) arg;
+
+	errcontext("citizen_sync %s for database \"%s\"",
+			   slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+			   slot->database);
+}
+
+/* Keep a caught error in the slot (last_error) and in its error ring. */
+static void
+record_error(CsWorkerSlot *slot, const ErrorData *edata)
+{
+	CsErrorReport r = {CS_ERROR_DATABASE, edata->sqlerrcode, NULL, edata->message,
+	edata->detail, edata->hint, edata->context};
+
+	cs_shmem_set_error(slot, edata->message);
+	cs_shmem_set_state(slot, "error");
+	cs_errors_add(slot, &r);
+}
+
 bool
 cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	ErrorContextCallback errcallback;
 	volatile bool ok = true;
 
 	in_db_step = true;
@@ -132,6 +161,10 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 		InterruptPending = true;
 		ProcDiePending = true;
 	}
+	errcallback.callback = worker_context;
+	errcallback.arg = slot;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	PG_TRY();
 	{
 		step(arg);
@@ -141,6 +174,7 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 		ErrorData  *edata;
 
 		in_db_step = false;
+		error_context_stack = errcallback.previous;
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
@@ -148,14 +182,14 @@ cs_worker_try(CsWorkerSlot *slot, void (*step) (void *), void *arg)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		cs_shmem_set_error(slot, edata->message);
-		cs_shmem_set_state(slot, "error");
+		record_error(slot, edata);
 		FreeErrorData(edata);
 		MemoryContextSwitchTo(oldcxt);
 		RESUME_INTERRUPTS();
 		ok = false;
 	}
 	PG_END_TRY();
+	error_context_stack = errcallback.previous;
 	in_db_step = false;
 	return ok;
 }
@@ -190,6 +224,105 @@ cs_tx_commit(void)
 	pgstat_report_stat(false);	/* let autovacuum see the workers' writes */
 }
 
+/*
+ * Rate limit of log lines: a small table of recent conditions, keyed by a
+ * hash of their key text.  A full table forgets its oldest condition.
+ */
+#define LOG_LIMIT_ENTRIES	64
+
+typedef struct LogLimitEntry
+{
+	uint32		hash;
+	TimestampTz last_logged;	/* 0 = free */
+	int64		suppressed;
+} LogLimitEntry;
+
+static LogLimitEntry log_limits[LOG_LIMIT_ENTRIES];
+
+bool
+cs_log_allowed(const char *key, int64 *suppressed)
+{
+	uint32		h = hash_bytes((const unsigned char *) key, strlen(key));
+	TimestampTz now = GetCurrentTimestamp();
+	LogLimitEntry *e = NULL;
+	LogLimitEntry *oldest = &log_limits[0];
+
+	for (int i = 0; i < LOG_LIMIT_ENTRIES && e == NULL; i++)
+	{
+		if (log_limits[i].last_logged != 0 && log_limits[i].hash == h)
+			e = &log_limits[i];
+		else if (log_limits[i].last_logged < oldest->last_logged)
+			oldest = &log_limits[i];
+	}
+	if (e != NULL &&
+		!TimestampDifferenceExceeds(e->last_logged, now, CS_LOG_REPEAT_INTERVAL_S * 1000))
+	{
+		e->suppressed++;
+		return false;
+	}
+	if (e == NULL)
+	{
+		e = oldest;
+		e->hash = h;
+		e->suppressed = 0;
+	}
+	*suppressed = e->suppressed;
+	e->suppressed = 0;
+	e->last_logged = now;
+	return true;
+}
+
+/*
+ * The condition a librdkafka line reports, as a rate-limit key: without the
+ * "[thrd:...]: " prefix a log line has and an error event has not, cut
+ * before the first " (" (durations, "N identical error(s) suppressed",
+ * "(manual)"), digits dropped (offsets, counts).
+ */
+static void
+kafka_condition_key(const char *text, char *key, size_t keylen)
+{
+	const char *p = text;
+	const char *end;
+	size_t		k = 0;
+
+	if (strncmp(p, "[thrd:", 6) == 0 && (end = strstr(p, "]: ")) != NULL)
+		p = end + 3;
+	end = strstr(p, " (");
+	if (end == NULL)
+		end = p + strlen(p);
+	for (k = 0; p < end && k + 1 < keylen; p++)
+		if (!isdigit((unsigned char) *p))
+			key[k++] = *p;
+	key[k] = '\0';
+}
+
+/*
+ * Log one librdkafka condition, once per CS_LOG_REPEAT_INTERVAL_S, naming
+ * the worker's database.  librdkafka reports most conditions twice (a log
+ * line and an error event with the same text): both share one key, so the
+ * second is a suppressed repeat.
+ */
+void
+cs_worker_log_kafka_condition(const char *what, const char *text)
+{
+	char		key[256];
+	int64		suppressed;
+	CsWorkerSlot *slot = cs_shmem_my_slot();
+
+	kafka_condition_key(text, key, sizeof(key));
+	if (!cs_log_allowed(key, &suppressed))
+		return;
+	ereport(LOG,
+			(errmsg("citizen_sync: %s for database \"%s\": kafka %s: %s",
+					slot && slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+					slot ? slot->database : "?", what, text),
+			 suppressed > 0 ?
+			 errdetail_internal("%lld similar line(s) suppressed in the last %d s.",
+								(long long) suppressed, CS_LOG_REPEAT_INTERVAL_S) : 0,
+			 strstr(text, "might require SASL") ?
+			 errhint("librdkafka says this whenever a broker closes a new connection, which a broker that is down or restarting also does; check security.protocol only if the broker is up.") : 0));
+}
+
 void
 cs_worker_log_kafka(rd_kafka_event_t *ev)
 {
@@ -198,7 +331,26 @@ cs_worker_log_kafka(rd_kafka_event_t *ev)
 	int			level;
 
 	if (rd_kafka_event_log(ev, &fac, &str, &level) == 0 && level <= 4)
-		ereport(LOG, (errmsg("citizen_sync: kafka %s: %s", fac, str)));
+		cs_worker_log_kafka_condition(fac, str);
+}
+
+bool
+cs_worker_kafka_error(CsWorkerSlot *slot, rd_kafka_event_t *ev)
+{
+	const char *text = rd_kafka_event_error_string(ev);
+	bool		fatal = rd_kafka_event_error_is_fatal(ev);
+	char		msg[512];
+	CsErrorReport r = {CS_ERROR_KAFKA, 0, rd_kafka_err2name(rd_kafka_event_error(ev)),
+	text, NULL, NULL, NULL};
+
+	snprintf(msg, sizeof(msg), "Kafka: %s", text);
+	cs_shmem_set_error(slot, msg);
+	if (fatal)
+		r.detail = "librdkafka reported this error as fatal.";
+	cs_errors_add(slot, &r);
+	if (!fatal)
+		cs_worker_log_kafka_condition("error", text);
+	return fatal;
 }
 
 void

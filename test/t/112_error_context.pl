@@ -1,0 +1,103 @@
+# Errors with context, queryable by an operator.
+#
+# A batch failing for a system reason (the sync user lost INSERT on the
+# cache) is logged with an error context naming the database, the topic,
+# partition and offset range of the batch and its first event id, and the
+# view citizen_sync.worker_errors keeps it with SQLSTATE 42501, DETAIL-less
+# message and that context (on 0.1.0 only a 512-byte message survived, in
+# consumer_stats.last_error).  Retries of the same failure are counted, not
+# piled up.  Workers log when they start and stop, and each dead letter;
+# pg_monitor reads the view, PUBLIC does not.
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use CitizenSyncTest;
+
+my $db = $CitizenSyncTest::DB;
+my $topic = 'gov.auth.citizen';
+my $sync = $CitizenSyncTest::SYNC_ROLE;
+
+my $broker = CitizenSyncTest::start_broker(topics => ["$topic:1"]);
+my $node = CitizenSyncTest::new_node('error_context', $broker);
+
+ok( $node->poll_query_until($db, qq{
+SELECT count(*) = 1 FROM citizen_sync.consumer_stats WHERE database = '$db' AND state = 'running'}),
+	'the consumer runs');
+ok($node->log_contains(qr/LOG:  citizen_sync: consumer for database "$db" started \(pid \d+\)/),
+	'the consumer logged its start, naming its database');
+
+my $m = CitizenSyncTest::new_model(seed => 112);
+my $ev1 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 20 ], tag => 'a');
+CitizenSyncTest::produce($broker, $topic, $ev1);
+CitizenSyncTest::load_expected($node, $db, $m);
+CitizenSyncTest::wait_converged($node, $db, 'the cache converges (first stream)');
+my $first_offset = $broker->offsets($topic)->{partitions}{0}[1];
+my $log_offset = -s $node->logfile;
+
+# --- a batch failing for a system reason -----------------------------------
+$node->safe_psql($db, "REVOKE INSERT ON cache.citizen_refs FROM $sync");
+my $ev2 = CitizenSyncTest::add_events($m, citizens => [ 101 .. 110 ], tag => 'b');
+CitizenSyncTest::produce($broker, $topic, $ev2);
+ok( $node->poll_query_until($db, q{
+SELECT count(*) > 0 FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
+	'worker_errors shows the failing batch with SQLSTATE 42501');
+my $row = $node->safe_psql($db, qq{
+SELECT kind, database, source, message, context
+  FROM citizen_sync.worker_errors WHERE sqlstate = '42501'});
+note("worker_errors: $row");
+my ($kind, $database, $source, $message, $context) = split /\|/, $row, 5;
+is($kind, 'consumer', 'kind is consumer');
+is($database, $db, 'database names the consumed database');
+is($source, 'database', 'source is database');
+like($message, qr/permission denied for table citizen_refs/, 'message is the error');
+like($context,
+	qr/applying a batch of \d+ events in database "$db": topic "$topic", partition 0, offsets $first_offset\.\.\d+, first event "evt_b_/,
+	'context names database, topic, partition, offset range and first event id');
+like($context, qr/citizen_sync consumer for database "$db"/, 'context names the worker');
+
+ok( $node->poll_query_until($db, q{
+SELECT repeats >= 2 FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
+	'a retry of the same failure counts as a repeat');
+is($node->safe_psql($db, q{SELECT count(*) FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
+	1, 'one entry for the repeated failure');
+
+ok( $node->log_contains(
+		qr/ERROR:  permission denied for table citizen_refs\n.*CONTEXT:  (?:.*\n)*?\tapplying a batch of \d+ events in database "$db": topic "$topic", partition 0, offsets \d+\.\.\d+, first event "evt_b_/,
+		$log_offset),
+	'the server log line has the context');
+
+# --- access ------------------------------------------------------------------
+$node->safe_psql($db, 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN');
+is($node->safe_psql($db, 'SELECT count(*) > 0 FROM citizen_sync.worker_errors', extra_params => [ '-U', 'watcher' ]),
+	't', 'pg_monitor reads worker_errors');
+my ($ret, $out, $err) = $node->psql($db, 'SELECT count(*) FROM citizen_sync.worker_errors',
+	extra_params => [ '-U', 'nobody' ]);
+like($err, qr/permission denied/, 'PUBLIC does not');
+
+# --- back to normal; dead letters are logged ---------------------------------
+$node->safe_psql($db, "GRANT INSERT ON cache.citizen_refs TO $sync");
+CitizenSyncTest::load_expected($node, $db, $m);
+CitizenSyncTest::wait_converged($node, $db, 'after GRANT the cache converges');
+$log_offset = -s $node->logfile;
+$broker->produce($topic, [ [ 'k', '{"not": "an event"' ] ]);
+ok($node->poll_query_until($db, 'SELECT count(*) = 1 FROM citizen_sync.dead_letters'),
+	'the broken message is dead-lettered');
+ok( $node->wait_for_log(
+		qr/LOG:  citizen_sync: consumer for database "$db" dead-lettered event "[^"]*" \(topic "$topic", partition 0, offset \d+\): invalid citizen event/,
+		$log_offset),
+	'the dead letter is logged');
+
+# --- stop --------------------------------------------------------------------
+$node->stop('fast');
+ok($node->log_contains(qr/LOG:  citizen_sync: consumer for database "$db" stopped/),
+	'the consumer logged its stop');
+
+$broker->stop;
+done_testing();

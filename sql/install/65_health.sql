@@ -87,6 +87,6 @@ REVOKE ALL ON FUNCTION @extschema@.worker_health_raw(), @extschema@.config_probl
 REVOKE ALL ON @extschema@.config_problems, @extschema@.config_status, @extschema@.worker_counts,
               @extschema@.worker_health FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.worker_health_raw(), @extschema@.config_problems_raw()
-    TO pg_monitor;
+    TO pg_monitor, citizen_sync_monitor;
 GRANT SELECT ON @extschema@.config_problems, @extschema@.config_status, @extschema@.worker_counts,
-                @extschema@.worker_health TO pg_monitor;
+                @extschema@.worker_health TO pg_monitor, citizen_sync_monitor;

@@ -99,6 +99,8 @@ my %DEMO = (
 my %DOCS = (
 	q{SELECT citizen_sync.create_service_roles('<s>')} =>
 	  { run => q{SELECT citizen_sync.create_service_roles('permits')} },
+	q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY[…new list…])} =>
+	  { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY['name', 'email', 'phone'])} },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

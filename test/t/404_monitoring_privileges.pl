@@ -69,10 +69,10 @@ for my $q (CitizenSyncShipped::exporter_queries($root))
 	is($rc, 0, "the exporter runs query $q->{name}") or diag($err);
 }
 
-my @views = qw(consistency_status consumer_lag consumer_stats dead_letter_summary
-  metrics_consumers metrics_dead_letters metrics_latency metrics_latency_summary
-  metrics_publishers metrics_workers outbox_backlog sync_latency sync_latency_summary
-  worker_stats worker_up);
+my @views = qw(config_problems config_status consistency_status consumer_lag consumer_stats
+  dead_letter_summary metrics_consumers metrics_dead_letters metrics_latency
+  metrics_latency_summary metrics_publishers metrics_workers outbox_backlog sync_latency
+  sync_latency_summary worker_counts worker_health worker_stats worker_up);
 is( $node->safe_psql($db, q{
 SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_class c
  WHERE c.relnamespace = 'citizen_sync'::regnamespace AND c.relkind = 'v'

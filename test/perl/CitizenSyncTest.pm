@@ -60,6 +60,7 @@ use warnings;
 use Carp;
 use Encode ();
 use File::Temp ();
+use Time::HiRes ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -830,6 +831,29 @@ SELECT partition, next_offset FROM citizen_sync.consumer_offsets
 		$o{$p} = $n;
 	}
 	return \%o;
+}
+
+=pod
+
+=item timed_stop($node, $limit_s)
+
+Stops the node with pg_ctl stop -m fast, giving up after $limit_s seconds
+(then the node is stopped in immediate mode).  Returns the seconds the fast
+stop took, or undef when it did not finish within $limit_s.
+
+=cut
+
+sub timed_stop
+{
+	my ($node, $limit) = @_;
+	local $ENV{PGCTLTIMEOUT} = $limit;
+	my $start = Time::HiRes::time();
+	my $ok = $node->stop('fast', fail_ok => 1);
+	my $took = Time::HiRes::time() - $start;
+
+	return $took if $ok;
+	$node->stop('immediate', fail_ok => 1);
+	return undef;
 }
 
 =pod

@@ -15,6 +15,13 @@
  * fails for a system reason is kept and retried with backoff; one that fails
  * while partitions are being revoked is dropped and the process restarts,
  * resuming from the stored offsets.
+ *
+ * No librdkafka call of the loop waits for a broker: queue polls are
+ * non-blocking, commits asynchronous, watermarks read from librdkafka's
+ * cache, (un)assignments are served by librdkafka's own main thread without
+ * a request; the only blocking query (watermarks after an error) runs in a
+ * helper thread (cs_probe.c); closing is asynchronous and bounded (2 s), and
+ * the handle is not destroyed while that thread is stuck in it.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -44,15 +44,20 @@
  * Failures.  A transient one (broker down, leader moving, timeout, anything
  * not listed in error_is_permanent()) leaves the row pending: it keeps its
  * slot for 100 ms, doubling (up to restart_delay) while reports bring only
- * failures, and is then sent again; other aggregates are not held up.  A permanent one
- * (too large, not authorised, invalid record or topic) would fail forever:
- * the row is set aside (outbox.set_aside_at).  It stays pending, the later
- * rows of its aggregate wait behind it (their order is kept), every other
- * aggregate goes on, and citizen_sync.retry_set_aside() releases it after a
- * fix.  A broker refuses a partition's whole record batch, so a permanent
+ * failures, and is then sent again; other aggregates are not held up.  A
+ * permanent one (too large, not authorised, invalid record or topic) would
+ * fail forever: the row is set aside (outbox.set_aside_at).  It stays
+ * pending, the later rows of its aggregate wait behind it (their order is
+ * kept), every other aggregate goes on, and citizen_sync.retry_set_aside()
+ * releases it after a fix.  A broker refuses a partition's whole record batch, so a permanent
  * error reported for a row together with other rows of its partition is not
  * taken as that row's: those rows are sent again one at a time, each alone
  * in the pipeline, where the error, if it comes back, is the row's own.
+ *
+ * No librdkafka call of the loop waits for a broker: produce() never waits
+ * for queue space (a full queue leaves the row for a later walk), reports
+ * are polled without waiting, purge does not wait for the brokers' threads;
+ * the metadata warm-up before the loop waits 500 ms per topic at most.
  *
  * Committing transactions wake the publisher through its latch
  * (cs_notify.c); a periodic sweep is the safety net.  Published rows older

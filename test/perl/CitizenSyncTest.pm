@@ -858,6 +858,31 @@ sub timed_stop
 
 =pod
 
+=item stop_under_fault($node, $broker, $label, [$limit_s])
+
+Test: with the broker fault in place, pg_ctl stop -m fast completes within
+$limit_s seconds (default 10: loose, the promise is 3 s; the measured time
+is printed).  Then the fault is healed (every broker up, no added round-trip
+time) and the node started again.  Returns the seconds the stop took, or
+undef.
+
+=cut
+
+sub stop_under_fault
+{
+	my ($node, $broker, $label, $limit) = @_;
+	my $took = timed_stop($node, $limit // 10);
+
+	ok(defined $took, "$label: pg_ctl stop -m fast completes")
+	  and note(sprintf('%s: the server stopped in %.2f s', $label, $took));
+	$broker->up(-1);
+	$broker->rtt(-1, 0);
+	$node->start;
+	return $took;
+}
+
+=pod
+
 =item consumer_pid($node, $db)
 
 Pid of the running consumer of $db from pg_stat_activity (backend_type

@@ -76,16 +76,6 @@ sub consumer_flowing
 	ok(defined converged_within(60), "$label: events of every partition applied");
 }
 
-sub check_stop
-{
-	my ($label) = @_;
-	my $took = CitizenSyncTest::timed_stop($node, $stop_limit);
-	ok(defined $took, "$label: pg_ctl stop -m fast completes")
-	  and note(sprintf('%s: the server stopped in %.2f s', $label, $took));
-	$broker->up(-1);
-	$broker->rtt(-1, 0);
-	$node->start;
-}
 
 # --- one broker down ---------------------------------------------------------
 consumer_flowing('one down');
@@ -105,7 +95,7 @@ for my $i (1 .. 3)
 		"one down: events on the healthy partitions applied (round $i)")
 	  and note(sprintf('one down: applied within %.2f s', $took));
 }
-check_stop('one down');
+CitizenSyncTest::stop_under_fault($node, $broker, 'one down', $stop_limit);
 
 # --- all brokers down --------------------------------------------------------
 consumer_flowing('all down');
@@ -114,7 +104,7 @@ $broker->down(-1);
 ok( $node->poll_query_until($db, qq{
 SELECT last_error_at > '$t_down' FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'all down: the consumer reports the Kafka error');
-check_stop('all down');
+CitizenSyncTest::stop_under_fault($node, $broker, 'all down', $stop_limit);
 
 # --- high round-trip time ----------------------------------------------------
 consumer_flowing('rtt');
@@ -123,7 +113,7 @@ for my $p (0 .. 5) { produce_batch($p, "r.$p"); }
 my $took = converged_within(60);
 ok(defined $took, 'rtt 2 s: events still applied')
   and note(sprintf('rtt 2 s: applied within %.2f s', $took));
-check_stop('rtt 2 s');
+CitizenSyncTest::stop_under_fault($node, $broker, 'rtt 2 s', $stop_limit);
 
 # --- after all this, nothing lost --------------------------------------------
 consumer_flowing('after');

@@ -69,16 +69,6 @@ SELECT count(*) FROM cache.citizen_refs
 	return undef;
 }
 
-sub check_stop
-{
-	my ($label) = @_;
-	my $took = CitizenSyncTest::timed_stop($node, $stop_limit);
-	ok(defined $took, "$label: pg_ctl stop -m fast completes")
-	  and note(sprintf('%s: the server stopped in %.2f s', $label, $took));
-	$kafka->up(-1);
-	$kafka->rtt(-1, 0);
-	$node->start;
-}
 
 # --- one broker down ---------------------------------------------------------
 $kafka->down(1);
@@ -97,7 +87,7 @@ SELECT count(*) FROM citizen_sync.outbox
 	}),
 	'one down: the outbox rows of the healthy citizens are marked published');
 cmp_ok(pending_count($node), '>', 0, 'one down: the rows of broker 1 wait');
-check_stop('one down');
+CitizenSyncTest::stop_under_fault($node, $kafka, 'one down', $stop_limit);
 wait_outbox_drained($node, 60, 'one down: everything published once broker 1 is back');
 
 # --- all brokers down --------------------------------------------------------
@@ -105,7 +95,7 @@ $kafka->down(-1);
 $node->safe_psql('auth_db', "UPDATE citizens SET city = 'All down'");
 ok(poll_until(20, sub { (publisher_stats($node) // {})->{last_error} }),
 	'all down: the publisher reports the outage');
-check_stop('all down');
+CitizenSyncTest::stop_under_fault($node, $kafka, 'all down', $stop_limit);
 wait_outbox_drained($node, 60, 'all down: everything published once the brokers are back');
 
 # --- high round-trip time ----------------------------------------------------
@@ -115,7 +105,7 @@ my $took = healthy_within('Slow', 60);
 ok(defined $took, 'rtt 2 s: changes still delivered')
   and note(sprintf('rtt 2 s: applied within %.2f s', $took));
 $node->safe_psql('auth_db', "UPDATE citizens SET city = 'Slow 2'");
-check_stop('rtt 2 s');
+CitizenSyncTest::stop_under_fault($node, $kafka, 'rtt 2 s', $stop_limit);
 
 # --- nothing lost, nothing reordered -----------------------------------------
 wait_outbox_drained($node, 60, 'everything published at the end');

@@ -245,6 +245,13 @@ cmp_int64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* After n consecutive failures: 100 ms, doubling, up to restart_delay. */
+static long
+backoff_ms(int n)
+{
+	return Min(100L << Min(n, 10), cs_restart_delay_s * 1000L);
+}
+
 /* Is row id one to send alone? */
 static bool
 send_alone(Publisher *p, int64 id)
@@ -405,6 +412,28 @@ next_free_slot(Publisher *p, int *from)
 	return *from < p->capacity ? (*from)++ : -1;
 }
 
+/*
+ * Run a database step with p->step_cxt current (reset by the caller).  A
+ * failed one holds further steps back: 100 ms, doubling while they fail.
+ */
+static bool
+db_step(Publisher *p, void (*step) (void *), void *arg)
+{
+	MemoryContext old = MemoryContextSwitchTo(p->step_cxt);
+	bool		ok = cs_worker_try(p->slot, step, arg);
+
+	MemoryContextSwitchTo(old);
+	if (ok)
+		p->db_failures = 0;
+	else
+	{
+		p->db_failures++;
+		p->db_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 backoff_ms(p->db_failures));
+	}
+	return ok;
+}
+
 typedef struct FetchArgs
 {
 	Publisher  *p;
@@ -550,8 +579,6 @@ fetch_and_produce(Publisher *p)
 {
 	FetchArgs	args;
 	int			nwant = cs_publisher_batch_size - pipeline_used(p);
-	MemoryContext old;
-	bool		ok;
 
 	if (nwant <= 0 || GetCurrentTimestamp() < p->db_retry_at)
 		return;
@@ -565,22 +592,14 @@ fetch_and_produce(Publisher *p)
 	args.p = p;
 	args.nwant = nwant;
 	MemoryContextReset(p->step_cxt);
-	old = MemoryContextSwitchTo(p->step_cxt);
-	args.slots = palloc(sizeof(int) * nwant);
-	ok = cs_worker_try(p->slot, fetch_step, &args);
-	MemoryContextSwitchTo(old);
-	if (!ok)
+	args.slots = MemoryContextAlloc(p->step_cxt, sizeof(int) * nwant);
+	if (!db_step(p, fetch_step, &args))
 	{
 		/* slots claimed before the error are given back */
 		for (int k = 0; k < args.taken; k++)
 			slot_free(p, args.slots[k]);
-		p->db_failures++;
-		p->db_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 Min(100L << Min(p->db_failures, 10),
-														 cs_restart_delay_s * 1000L));
 		return;
 	}
-	p->db_failures = 0;
 	for (int k = 0; k < args.taken; k++)
 		produce_row(p, args.slots[k]);
 }
@@ -818,28 +837,13 @@ mark_done(Publisher *p)
 	memset(&args, 0, sizeof(args));
 	args.p = p;
 	MemoryContextReset(p->step_cxt);
-	{
-		MemoryContext old = MemoryContextSwitchTo(p->step_cxt);
-		bool		ok = cs_worker_try(p->slot, mark_step, &args);
-
-		MemoryContextSwitchTo(old);
-		if (!ok)
-		{
-			p->db_failures++;
-			p->db_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														 Min(100L << Min(p->db_failures, 10),
-															 cs_restart_delay_s * 1000L));
-			return;				/* the rows stay done; marked next time */
-		}
-	}
-	p->db_failures = 0;
+	if (!db_step(p, mark_step, &args))
+		return;					/* the rows stay done; marked next time */
 	if (args.nset > 0)
 		log_set_aside(p, args.nset);
 	count_marked(p, &args);
 	p->failures = (args.nbad > args.nset && args.nok == 0) ? p->failures + 1 : 0;
-	retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   Min(100L << Min(p->failures, 10),
-											   cs_restart_delay_s * 1000L));
+	retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), backoff_ms(p->failures));
 	for (int i = 0; i < p->capacity; i++)
 	{
 		OutboxRow  *row = &p->rows[i];

@@ -15,6 +15,13 @@
  * fails for a system reason is kept and retried with backoff; one that fails
  * while partitions are being revoked is dropped and the process restarts,
  * resuming from the stored offsets.
+ *
+ * No librdkafka call of the loop waits for a broker: queue polls are
+ * non-blocking, commits asynchronous, watermarks read from librdkafka's
+ * cache, (un)assignments are served by librdkafka's own main thread without
+ * a request; the only blocking query (watermarks after an error) runs in a
+ * helper thread (cs_probe.c); closing is asynchronous and bounded (2 s), and
+ * the handle is not destroyed while that thread is stuck in it.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,6 +35,7 @@
 #include "cs_housekeeping.h"
 #include "cs_kafka_conf.h"
 #include "cs_offsets.h"
+#include "cs_probe.h"
 #include "cs_shmem.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
@@ -61,6 +69,8 @@ typedef struct Consumer
 	int			failures;		/* consecutive failed attempts of this batch */
 	TimestampTz retry_at;
 	bool		kafka_trouble;	/* an error was reported; not sure we are caught up */
+	CsProbe    *probe;			/* watermark queries, off the main loop */
+	uint64_t	probe_request;	/* the probe that may end kafka_trouble; 0: none yet */
 	TimestampTz next_probe_at;
 	TimestampTz next_housekeeping_at;
 } Consumer;
@@ -177,6 +187,11 @@ kafka_start(Consumer *c)
 	rd_kafka_set_log_queue(c->rk, NULL);
 	c->queue = rd_kafka_queue_get_consumer(c->rk);
 	cs_waiter_init(&c->waiter, c->queue);
+	c->probe = cs_probe_start(c->rk);
+	if (c->probe == NULL)
+		ereport(WARNING,
+				(errmsg("citizen_sync: could not start the consumer's watermark thread"),
+				 errdetail("After a Kafka error, the cache is not reported fresh again until the consumer restarts.")));
 
 	ntopics = cs_parse_topics(cs_topics, topics, CS_MAX_TOPICS, errstr, sizeof(errstr));
 	sub = rd_kafka_topic_partition_list_new(Max(ntopics, 1));
@@ -368,7 +383,6 @@ take_fetch(Consumer *c, rd_kafka_event_t *ev)
 		msg->partition = m->partition;
 		msg->offset = m->offset;
 		kept = true;
-		c->kafka_trouble = false;
 		if (c->nmsgs == 1)
 			c->first_at = GetCurrentTimestamp();
 	}
@@ -469,6 +483,7 @@ handle_event(Consumer *c, rd_kafka_event_t *ev)
 			break;
 		case RD_KAFKA_EVENT_ERROR:
 			c->kafka_trouble = true;
+			c->probe_request = 0;	/* only a probe asked from now on counts */
 			if (cs_worker_kafka_error(c->slot, ev))
 				ereport(ERROR,	/* fatal: the process restarts (error policy) */
 						(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -528,11 +543,14 @@ batch_due(Consumer *c)
 		now >= TimestampTzPlusMilliseconds(c->first_at, cs_batch_wait_ms);
 }
 
-/* Leave the group promptly: close asynchronously, bounded in time. */
+/*
+ * Leave the group promptly: close asynchronously, bounded (2 s) so that the
+ * whole stop stays within the 3 s promised whatever the brokers do.
+ */
 static void
 kafka_stop(Consumer *c)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 3000);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 2000);
 	rd_kafka_error_t *err;
 
 	batch_release(c);
@@ -561,31 +579,71 @@ kafka_stop(Consumer *c)
 	}
 	cs_waiter_close(&c->waiter);
 	rd_kafka_queue_destroy(c->queue);
+	if (c->probe && !cs_probe_stop(c->probe, 100))
+	{
+		/* its thread is inside the handle: the process exit ends both */
+		ereport(LOG,
+				(errmsg("citizen_sync: consumer for \"%s\" exits without closing its Kafka handle: a watermark query is waiting for a partition leader",
+						c->database)));
+		c->rk = NULL;
+		return;
+	}
 	rd_kafka_destroy_flags(c->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	c->rk = NULL;
 }
 
 /*
- * After a Kafka error, ask a broker for a partition's end (bounded by a short
- * timeout) to learn whether the connection is back.
+ * After a Kafka error the cached high watermarks may be stale: ask the
+ * helper thread for fresh ones of every assigned partition (never waiting
+ * for it), and take its answer once one asked after the error is complete.
+ * Partitions it answered get their watermark; kafka_trouble ends only when
+ * it answered for every one.  A leader that is down keeps the answer from
+ * coming (the thread waits on it): the cache is then not reported fresh,
+ * which is the truth, while fetching and applying go on.
  */
 static void
-probe_kafka(Consumer *c)
+probe_kafka(Consumer *c, TimestampTz now)
 {
-	int64_t		lo,
-				hi;
-	char		topic[CS_TOPIC_LEN];
-	int32		partition;
+	rd_kafka_topic_partition_list_t *answer;
+	bool		complete = true;
 
-	if (c->slot->npartitions == 0)
+	if (c->probe == NULL)
 		return;
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
-	strlcpy(topic, c->slot->partitions[0].topic, sizeof(topic));
-	partition = c->slot->partitions[0].partition;
+	if (c->probe_request == 0)
+	{
+		rd_kafka_topic_partition_list_t *parts =
+			rd_kafka_topic_partition_list_new(Max(c->slot->npartitions, 1));
+
+		LWLockAcquire(cs_shared->lock, LW_SHARED);
+		for (int i = 0; i < c->slot->npartitions; i++)
+			rd_kafka_topic_partition_list_add(parts, c->slot->partitions[i].topic,
+											  c->slot->partitions[i].partition);
+		LWLockRelease(cs_shared->lock);
+		c->probe_request = cs_probe_request(c->probe, parts);
+		rd_kafka_topic_partition_list_destroy(parts);
+		c->next_probe_at = TimestampTzPlusMilliseconds(now, 1000);
+	}
+	answer = cs_probe_result(c->probe, c->probe_request);
+	if (answer == NULL)
+		return;					/* not yet: never waited for */
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < c->slot->npartitions; i++)
+	{
+		CsPartitionState *p = &c->slot->partitions[i];
+		rd_kafka_topic_partition_t *a =
+			rd_kafka_topic_partition_list_find(answer, p->topic, p->partition);
+
+		if (a == NULL || a->err != RD_KAFKA_RESP_ERR_NO_ERROR || a->offset < 0)
+			complete = false;
+		else if (a->offset > p->high_watermark)
+			p->high_watermark = a->offset;
+	}
 	LWLockRelease(cs_shared->lock);
-	if (rd_kafka_query_watermark_offsets(c->rk, topic, partition, &lo, &hi, 200) ==
-		RD_KAFKA_RESP_ERR_NO_ERROR)
+	rd_kafka_topic_partition_list_destroy(answer);
+	if (complete)
 		c->kafka_trouble = false;
+	else if (now >= c->next_probe_at)
+		c->probe_request = 0;	/* ask again, at most once a second */
 }
 
 /*
@@ -600,11 +658,8 @@ note_caught_up(Consumer *c)
 
 	if (c->nmsgs > 0 || rd_kafka_queue_length(c->queue) > 0 || c->slot->npartitions == 0)
 		return;
-	if (c->kafka_trouble && now >= c->next_probe_at)
-	{
-		probe_kafka(c);
-		c->next_probe_at = TimestampTzPlusMilliseconds(now, 1000);
-	}
+	if (c->kafka_trouble)
+		probe_kafka(c, now);
 	if (c->kafka_trouble)
 		return;
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
@@ -614,8 +669,9 @@ note_caught_up(Consumer *c)
 		int64_t		lo,
 					hi;
 
+		/* cached (fetch responses) or probed: the larger is the newer */
 		if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
-			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			RD_KAFKA_RESP_ERR_NO_ERROR && hi > p->high_watermark)
 			p->high_watermark = hi;
 		if (p->high_watermark < 0 || p->high_watermark > p->next_offset)
 			lagging = true;

@@ -283,7 +283,7 @@ define_publisher_gucs(void)
 							   NULL, &cs_topic_prefix, "gov.auth.", PGC_SIGHUP, 0,
 							   check_topic_prefix, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.publisher_batch_size",
-							"Most outbox rows the publisher sends per round.",
+							"Most outbox rows the publisher keeps in flight (one per aggregate).",
 							NULL, &cs_publisher_batch_size, 5000, 1, 100000, PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("citizen_sync.publisher_sweep_interval",

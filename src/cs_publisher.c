@@ -2,42 +2,62 @@
  * cs_publisher.c
  *	  The outbox publisher: citizen_sync.outbox to Kafka, nothing lost.
  *
- * One process, in citizen_sync.outbox_database.  Each round:
+ * One process, in citizen_sync.outbox_database.  It keeps outbox rows in
+ * flight, at most one row per aggregate and at most publisher_batch_size
+ * rows in all, in a pipeline.  Each time it wakes up (a delivery report, a
+ * commit, the sweep interval):
  *
- *	1. in a short transaction, walk the pending rows (published_at IS NULL)
- *	   in id order and take the first row of each aggregate, skipping the
- *	   aggregates that have a set-aside row, until publisher_batch_size rows
- *	   are taken (or 10 times that many were looked at); then read those
- *	   rows' messages;
- *	2. produce them with librdkafka's idempotent producer (acks=all), topic
- *	   topic_prefix || aggregate_type, key <aggregate_type>_<aggregate_id>,
- *	   value = payload plus event_type and event_id ("evt_<id>");
- *	3. wait for every delivery report (on the latch and the report queue);
- *	4. mark delivered rows published, bump retry_count and last_error of the
- *	   others, and set aside those Kafka refused for good, in a second short
- *	   transaction.
+ *	1. it takes the delivery reports that arrived and, in one short
+ *	   transaction, marks the delivered rows published, bumps retry_count
+ *	   and last_error of the failed ones, and sets aside those Kafka refused
+ *	   for good;
+ *	2. in another short transaction, it walks the pending rows
+ *	   (published_at IS NULL) in id order and takes the first row of each
+ *	   aggregate that has no row in the pipeline, skipping the aggregates
+ *	   that have a set-aside row, until the pipeline is full (or 10 times
+ *	   publisher_batch_size rows were looked at), and reads their messages;
+ *	3. it produces them with librdkafka's idempotent producer (acks=all),
+ *	   topic topic_prefix || aggregate_type, key
+ *	   <aggregate_type>_<aggregate_id>, value = payload plus event_type and
+ *	   event_id ("evt_<id>"), and goes back to waiting.
  *
- * There is no "last published id" watermark: every round starts from the
+ * Nothing waits for a report: with one broker down, the rows whose
+ * partition it leads wait for theirs (they come at message.timeout.ms at
+ * the latest) while the rows of every other partition are delivered, marked
+ * and followed by the next rows of their aggregates.  A row that does not
+ * get its report within message.timeout.ms plus a margin is counted as
+ * failed; a report that comes after that is ignored (each message carries
+ * its pipeline slot and the slot's generation).  Rows waiting on a downed
+ * leader hold their slot until then: while more than publisher_batch_size
+ * aggregates wait there, the others slow down.
+ *
+ * There is no "last published id" watermark: every walk starts from the
  * pending rows, so a row whose transaction committed after a higher id is
  * still sent.  One aggregate's rows commit in version order (the capture
  * trigger serialises them on the version counter row), so id order within an
- * aggregate is version order.  A round carries at most one row per aggregate
- * -- its oldest pending one -- so a version is only sent once the previous
- * one was acknowledged: a failed delivery is never overtaken on the topic.
- * A crash between produce and mark re-sends rows: consumers dedupe by
- * event_id.
+ * aggregate is version order.  An aggregate has at most one row in the
+ * pipeline -- its oldest pending one -- until that row is marked, so a
+ * version is only sent once the previous one was acknowledged: a failed
+ * delivery is never overtaken on the topic.  A crash (or a stop) between
+ * produce and mark re-sends rows: consumers dedupe by event_id.
  *
  * Failures.  A transient one (broker down, leader moving, timeout, anything
- * not listed in error_is_permanent()) leaves the row pending: it is sent
- * again 100 ms later, with backoff when a whole round fails.  A permanent one
- * (too large, not authorised, invalid record or topic) would fail forever:
- * the row is set aside (outbox.set_aside_at).  It stays pending, the later
- * rows of its aggregate wait behind it (their order is kept), every other
- * aggregate goes on, and citizen_sync.retry_set_aside() releases it after a
- * fix.  A broker refuses a partition's whole record batch, so a permanent
- * error reported for a row that shared its partition with other rows of the
- * round is not taken as that row's: those rows are sent again one at a time
- * in the next round, where the error, if it comes back, is the row's own.
+ * not listed in error_is_permanent()) leaves the row pending: it keeps its
+ * slot for 100 ms, doubling (up to restart_delay) while reports bring only
+ * failures, and is then sent again; other aggregates are not held up.  A
+ * permanent one (too large, not authorised, invalid record or topic) would
+ * fail forever: the row is set aside (outbox.set_aside_at).  It stays
+ * pending, the later rows of its aggregate wait behind it (their order is
+ * kept), every other aggregate goes on, and citizen_sync.retry_set_aside()
+ * releases it after a fix.  A broker refuses a partition's whole record batch, so a permanent
+ * error reported for a row together with other rows of its partition is not
+ * taken as that row's: those rows are sent again one at a time, each alone
+ * in the pipeline, where the error, if it comes back, is the row's own.
+ *
+ * No librdkafka call of the loop waits for a broker: produce() never waits
+ * for queue space (a full queue leaves the row for a later walk), reports
+ * are polled without waiting, purge does not wait for the brokers' threads;
+ * the metadata warm-up before the loop waits 500 ms per topic at most.
  *
  * Committing transactions wake the publisher through its latch
  * (cs_notify.c); a periodic sweep is the safety net.  Published rows older
@@ -70,10 +90,10 @@
 
 PGDLLEXPORT void cs_publisher_main(Datum arg);
 
-/* A round looks at no more than this many times publisher_batch_size rows. */
+/* A walk looks at no more than this many times publisher_batch_size rows. */
 #define WALK_FACTOR		10
 
-/* Set-aside rows named one by one in the server log per round. */
+/* Set-aside rows named one by one in the server log per mark step. */
 #define MAX_LOGGED_SET_ASIDE	10
 
 /*
@@ -117,7 +137,7 @@ PGDLLEXPORT void cs_publisher_main(Datum arg);
 	"    (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))" \
 	"  LIMIT 10000)"
 
-/* What a round made of a row. */
+/* What a delivery report made of a row. */
 typedef enum RowOutcome
 {
 	ROW_DELIVERED,
@@ -126,23 +146,16 @@ typedef enum RowOutcome
 	ROW_SET_ASIDE				/* permanent error of its own */
 } RowOutcome;
 
-/* One outbox row on its way to Kafka. */
-typedef struct OutboxRow
+/* Where a pipeline slot is. */
+typedef enum SlotState
 {
-	int64		id;
-	char	   *topic;
-	char	   *key;
-	char	   *value;
-	bool		alone;			/* produced and awaited on its own */
-	bool		sent;			/* accepted by rd_kafka_producev() */
-	bool		refused;		/* refused by rd_kafka_producev() */
-	bool		done;			/* delivery report received (or refused) */
-	int32		partition;		/* from the delivery report */
-	rd_kafka_resp_err_t err;
-	RowOutcome	outcome;
-} OutboxRow;
+	SLOT_FREE,
+	SLOT_IN_FLIGHT,				/* produced, waiting for its report */
+	SLOT_DONE,					/* report taken (or refused), not yet marked */
+	SLOT_COOLING				/* failed and marked: sent again after retry_at */
+} SlotState;
 
-/* An aggregate seen by a round's walk (type hashed: a collision only defers). */
+/* An aggregate (type hashed: a collision only defers a row). */
 typedef struct AggregateKey
 {
 	int64		aggregate_id;
@@ -150,28 +163,49 @@ typedef struct AggregateKey
 	uint32		pad;
 } AggregateKey;
 
+/* One outbox row in the pipeline. */
+typedef struct OutboxRow
+{
+	SlotState	state;
+	uint32		generation;		/* tags its message; bumped on each use */
+	int64		id;
+	AggregateKey aggregate;
+	char	   *topic;			/* in the pipeline's memory context */
+	char	   *key;
+	char	   *value;
+	bool		alone;			/* produced alone in the pipeline */
+	bool		refused;		/* refused by rd_kafka_producev() */
+	TimestampTz sent_at;
+	TimestampTz retry_at;		/* SLOT_COOLING: free the slot then */
+	int32		partition;		/* from the delivery report */
+	rd_kafka_resp_err_t err;
+	RowOutcome	outcome;
+} OutboxRow;
+
 typedef struct Publisher
 {
 	CsWorkerSlot *slot;
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
 	CsQueueWaiter waiter;
-	MemoryContext round_cxt;
-	OutboxRow  *rows;
-	int			nrows;
-	int			outstanding;
-	int			failures;		/* consecutive rounds with a failure */
+	MemoryContext rows_cxt;		/* the slots' strings */
+	MemoryContext step_cxt;		/* reset before each fetch or mark */
+	OutboxRow  *rows;			/* the pipeline's slots */
+	int			capacity;		/* slots allocated */
+	int			in_flight;		/* slots SLOT_IN_FLIGHT */
+	int			done;			/* slots SLOT_DONE */
+	int			failures;		/* consecutive mark steps with only failures */
+	int			db_failures;	/* consecutive failed fetch or mark steps */
+	TimestampTz db_retry_at;	/* after a failed step: no step before */
 	TimestampTz next_purge_at;
 	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
-	uint32		round;			/* tags messages: a late report of an abandoned round is ignored */
-	bool		some_failed;	/* the last round had a failed delivery */
-	int64	   *send_alone;		/* ids to send on their own next round, ascending */
+	int64	   *send_alone;		/* ids to send one at a time, ascending */
 	int			nsend_alone;
 } Publisher;
 
-/* A message's opaque: the round number and the row index. */
-#define OPAQUE(round, i)	((void *) (((uintptr_t) (round) << 32) | (uint32) (i)))
-#define OPAQUE_ROUND(o)		((uint32) ((uintptr_t) (o) >> 32))
+/* A message's opaque: the slot's generation and index. */
+#define OPAQUE(gen, i)		((void *) (((uintptr_t) (gen) << 32) | (uint32) (i)))
+#define OPAQUE_GEN(o)		((uint32) ((uintptr_t) (o) >> 32))
 #define OPAQUE_INDEX(o)		((int) ((uintptr_t) (o) & 0xffffffff))
 
 /*
@@ -211,7 +245,14 @@ cmp_int64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Was row id refused together with others last round? */
+/* After n consecutive failures: 100 ms, doubling, up to restart_delay. */
+static long
+backoff_ms(int n)
+{
+	return Min(100L << Min(n, 10), cs_restart_delay_s * 1000L);
+}
+
+/* Is row id one to send alone? */
 static bool
 send_alone(Publisher *p, int64 id)
 {
@@ -219,15 +260,82 @@ send_alone(Publisher *p, int64 id)
 		bsearch(&id, p->send_alone, p->nsend_alone, sizeof(int64), cmp_int64) != NULL;
 }
 
+/* Forget id in the send-alone list (it keeps its order). */
+static void
+forget_send_alone(Publisher *p, int64 id)
+{
+	int			j = 0;
+
+	for (int i = 0; i < p->nsend_alone; i++)
+		if (p->send_alone[i] != id)
+			p->send_alone[j++] = p->send_alone[i];
+	p->nsend_alone = j;
+}
+
+/* Make room for cs_publisher_batch_size slots (a raised setting). */
+static void
+pipeline_reserve(Publisher *p)
+{
+	int			want = cs_publisher_batch_size;
+
+	if (want <= p->capacity)
+		return;
+	if (p->rows == NULL)
+		p->rows = MemoryContextAllocZero(TopMemoryContext, sizeof(OutboxRow) * want);
+	else
+	{
+		p->rows = repalloc(p->rows, sizeof(OutboxRow) * want);
+		memset(p->rows + p->capacity, 0, sizeof(OutboxRow) * (want - p->capacity));
+	}
+	p->capacity = want;
+}
+
+/* Slots that are not free (a lowered setting lets them drain). */
+static int
+pipeline_used(Publisher *p)
+{
+	int			used = 0;
+
+	for (int i = 0; i < p->capacity; i++)
+		used += (p->rows[i].state != SLOT_FREE);
+	return used;
+}
+
+/* Give slot i back. */
+static void
+slot_free(Publisher *p, int i)
+{
+	OutboxRow  *row = &p->rows[i];
+	uint32		generation = row->generation;
+
+	if (row->topic)
+		pfree(row->topic);
+	if (row->key)
+		pfree(row->key);
+	if (row->value)
+		pfree(row->value);
+	memset(row, 0, sizeof(*row));
+	row->generation = generation + 1;	/* a late report of it is ignored */
+}
+
+static void
+aggregate_key(AggregateKey *key, text *type, int64 id)
+{
+	memset(key, 0, sizeof(*key));
+	key->aggregate_id = id;
+	key->type_hash = hash_bytes((const unsigned char *) VARDATA_ANY(type),
+								VARSIZE_ANY_EXHDR(type));
+}
+
 /*
- * Step 1a: the ids of the oldest pending row of up to batch_size aggregates,
- * in id order.  Rows of an aggregate already taken are skipped; the walk
- * stops after WALK_FACTOR * batch_size rows, so that a round's cost stays
- * flat when a few aggregates own most of the backlog (their later rows go
- * out one per round anyway).
+ * Step 2a: the ids of the oldest pending row of up to nwant aggregates that
+ * have no row in the pipeline, in id order, with their aggregates.  The walk
+ * stops after WALK_FACTOR * batch_size rows, so that its cost stays flat
+ * when a few aggregates own most of the backlog (their later rows go out
+ * one at a time anyway).
  */
 static int
-walk_pending(Publisher *p, Datum *ids)
+walk_pending(Publisher *p, Datum *ids, AggregateKey *keys, int nwant)
 {
 	HASHCTL		ctl;
 	HTAB	   *seen;
@@ -239,31 +347,29 @@ walk_pending(Publisher *p, Datum *ids)
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(AggregateKey);
 	ctl.entrysize = sizeof(AggregateKey);
-	ctl.hcxt = p->round_cxt;
-	seen = hash_create("citizen_sync publisher round", cs_publisher_batch_size, &ctl,
+	ctl.hcxt = p->step_cxt;
+	seen = hash_create("citizen_sync publisher walk", Max(p->capacity, 16), &ctl,
 					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (int i = 0; i < p->capacity; i++)
+		if (p->rows[i].state != SLOT_FREE)
+			(void) hash_search(seen, &p->rows[i].aggregate, HASH_ENTER, NULL);
 	portal = SPI_cursor_open_with_args(NULL, WALK_SQL, 1, &type, &limit, NULL, true,
 									   CURSOR_OPT_NO_SCROLL);
-	while (nids < cs_publisher_batch_size)
+	while (nids < nwant)
 	{
-		SPI_cursor_fetch(portal, true, cs_publisher_batch_size);
+		SPI_cursor_fetch(portal, true, Max(nwant, 100));
 		if (SPI_processed == 0)
 			break;
-		for (uint64 r = 0; r < SPI_processed && nids < cs_publisher_batch_size; r++)
+		for (uint64 r = 0; r < SPI_processed && nids < nwant; r++)
 		{
 			HeapTuple	t = SPI_tuptable->vals[r];
 			TupleDesc	d = SPI_tuptable->tupdesc;
-			AggregateKey key;
-			text	   *agg_type;
 			bool		isnull;
 			bool		found;
 
-			agg_type = DatumGetTextPP(SPI_getbinval(t, d, 2, &isnull));
-			memset(&key, 0, sizeof(key));
-			key.aggregate_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
-			key.type_hash = hash_bytes((const unsigned char *) VARDATA_ANY(agg_type),
-									   VARSIZE_ANY_EXHDR(agg_type));
-			(void) hash_search(seen, &key, HASH_ENTER, &found);
+			aggregate_key(&keys[nids], DatumGetTextPP(SPI_getbinval(t, d, 2, &isnull)),
+						  DatumGetInt64(SPI_getbinval(t, d, 3, &isnull)));
+			(void) hash_search(seen, &keys[nids], HASH_ENTER, &found);
 			if (!found)
 				ids[nids++] = SPI_getbinval(t, d, 1, &isnull);
 		}
@@ -273,44 +379,116 @@ walk_pending(Publisher *p, Datum *ids)
 	return nids;
 }
 
+/*
+ * In send-alone mode, keep only the first walked row that is to be sent
+ * alone (the others wait); none found: the list is stale, forget it.
+ */
+static int
+keep_first_alone(Publisher *p, Datum *ids, AggregateKey *keys, int nids)
+{
+	for (int i = 0; i < nids; i++)
+		if (send_alone(p, DatumGetInt64(ids[i])))
+		{
+			ids[0] = ids[i];
+			keys[0] = keys[i];
+			return 1;
+		}
+	p->nsend_alone = 0;
+	return 0;
+}
+
 static ArrayType *
 int8_array(Datum *values, int n)
 {
 	return construct_array(values, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-/* Step 1: choose this round's rows and copy their messages into p->rows. */
+/* The first free slot at or after *from, or -1. */
+static int
+next_free_slot(Publisher *p, int *from)
+{
+	while (*from < p->capacity && p->rows[*from].state != SLOT_FREE)
+		(*from)++;
+	return *from < p->capacity ? (*from)++ : -1;
+}
+
+/*
+ * Run a database step with p->step_cxt current (reset by the caller).  A
+ * failed one holds further steps back: 100 ms, doubling while they fail.
+ */
+static bool
+db_step(Publisher *p, void (*step) (void *), void *arg)
+{
+	MemoryContext old = MemoryContextSwitchTo(p->step_cxt);
+	bool		ok = cs_worker_try(p->slot, step, arg);
+
+	MemoryContextSwitchTo(old);
+	if (ok)
+		p->db_failures = 0;
+	else
+	{
+		p->db_failures++;
+		p->db_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 backoff_ms(p->db_failures));
+	}
+	return ok;
+}
+
+typedef struct FetchArgs
+{
+	Publisher  *p;
+	int			nwant;			/* rows to walk for */
+	int			taken;			/* out: slots filled (state SLOT_DONE, not sent yet) */
+	int		   *slots;			/* out: their indexes, in id order */
+} FetchArgs;
+
+/* Step 2: choose rows for the free slots and copy their messages there. */
 static void
 fetch_step(void *arg)
 {
-	Publisher  *p = (Publisher *) arg;
-	Datum	   *ids = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * cs_publisher_batch_size);
+	FetchArgs  *a = (FetchArgs *) arg;
+	Publisher  *p = a->p;
+	Datum	   *ids = palloc(sizeof(Datum) * a->nwant);
+	AggregateKey *keys = palloc(sizeof(AggregateKey) * a->nwant);
 	int			nids;
+	int			from = 0;
 	Datum		values[2];
 	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
 
 	cs_tx_begin("citizen_sync: reading the outbox");
-	nids = walk_pending(p, ids);
-	p->rows = MemoryContextAllocZero(p->round_cxt, sizeof(OutboxRow) * Max(nids, 1));
+	nids = walk_pending(p, ids, keys, a->nwant);
+	if (p->nsend_alone > 0)
+		nids = keep_first_alone(p, ids, keys, nids);
 	if (nids > 0)
 	{
 		values[0] = CStringGetTextDatum(cs_topic_prefix);
 		values[1] = PointerGetDatum(int8_array(ids, nids));
 		if (SPI_execute_with_args(FETCH_SQL, 2, types, values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "citizen_sync: reading the outbox failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			HeapTuple	t = SPI_tuptable->vals[i];
+			HeapTuple	t = SPI_tuptable->vals[r];
 			TupleDesc	d = SPI_tuptable->tupdesc;
-			OutboxRow  *row = &p->rows[p->nrows++];
 			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+			int			i = next_free_slot(p, &from);
+			OutboxRow  *row;
+			int			k;
 
-			row->id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-			row->topic = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 2));
-			row->key = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 3));
-			row->value = MemoryContextStrdup(p->round_cxt, SPI_getvalue(t, d, 4));
+			if (i < 0)
+				break;
+			for (k = 0; k < nids && DatumGetInt64(ids[k]) != id; k++)
+				;
+			row = &p->rows[i];
+			row->id = id;
+			row->aggregate = keys[Min(k, nids - 1)];
+			row->topic = MemoryContextStrdup(p->rows_cxt, SPI_getvalue(t, d, 2));
+			row->key = MemoryContextStrdup(p->rows_cxt, SPI_getvalue(t, d, 3));
+			row->value = MemoryContextStrdup(p->rows_cxt, SPI_getvalue(t, d, 4));
 			row->partition = RD_KAFKA_PARTITION_UA;
-			row->alone = send_alone(p, row->id);
+			row->alone = (p->nsend_alone > 0);
+			row->state = SLOT_DONE; /* claimed; produce_fetched() sends it */
+			a->slots[a->taken++] = i;
 		}
 	}
 	cs_tx_commit();
@@ -330,18 +508,20 @@ drain_reports(Publisher *p)
 
 			while ((m = rd_kafka_event_message_next(ev)) != NULL)
 			{
+				int			i = OPAQUE_INDEX(m->_private);
 				OutboxRow  *row;
 
-				if (OPAQUE_ROUND(m->_private) != p->round ||
-					OPAQUE_INDEX(m->_private) >= p->nrows)
-					continue;	/* its round gave up on it; the row is re-sent */
-				row = &p->rows[OPAQUE_INDEX(m->_private)];
-				if (row->done)
+				if (i >= p->capacity)
 					continue;
-				row->done = true;
+				row = &p->rows[i];
+				if (row->state != SLOT_IN_FLIGHT ||
+					row->generation != OPAQUE_GEN(m->_private))
+					continue;	/* given up on; the row is sent again */
+				row->state = SLOT_DONE;
 				row->err = m->err;
 				row->partition = m->partition;
-				p->outstanding--;
+				p->in_flight--;
+				p->done++;
 			}
 		}
 		else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_ERROR)
@@ -352,80 +532,109 @@ drain_reports(Publisher *p)
 	}
 }
 
-/* Step 2: hand row i to librdkafka, waiting while its queue is full. */
+/*
+ * Step 3: hand the claimed row i to librdkafka, never waiting.  A full
+ * producer queue gives the slot back (the row is walked again later).
+ */
 static void
 produce_row(Publisher *p, int i)
 {
 	OutboxRow  *row = &p->rows[i];
+	rd_kafka_resp_err_t err;
 
-	for (;;)
+	err = rd_kafka_producev(p->rk,
+							RD_KAFKA_V_TOPIC(row->topic),
+							RD_KAFKA_V_KEY(row->key, strlen(row->key)),
+							RD_KAFKA_V_VALUE(row->value, strlen(row->value)),
+							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							RD_KAFKA_V_OPAQUE(OPAQUE(row->generation, i)),
+							RD_KAFKA_V_END);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		rd_kafka_resp_err_t err = rd_kafka_producev(p->rk,
-													RD_KAFKA_V_TOPIC(row->topic),
-													RD_KAFKA_V_KEY(row->key, strlen(row->key)),
-													RD_KAFKA_V_VALUE(row->value, strlen(row->value)),
-													RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-													RD_KAFKA_V_OPAQUE(OPAQUE(p->round, i)),
-													RD_KAFKA_V_END);
-
-		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		{
-			row->sent = true;
-			p->outstanding++;
-			return;
-		}
-		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-		{
-			row->refused = true;
-			row->done = true;
-			row->err = err;
-			return;
-		}
-		cs_waiter_wait(&p->waiter, 100);
-		drain_reports(p);
+		row->state = SLOT_IN_FLIGHT;
+		row->sent_at = GetCurrentTimestamp();
+		p->in_flight++;
+		if (row->alone)
+			forget_send_alone(p, row->id);
+	}
+	else if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		slot_free(p, i);
+	else
+	{
+		row->refused = true;
+		row->err = err;
+		p->done++;				/* stays SLOT_DONE */
 	}
 }
 
+/* Step 2 and 3: fill the free slots from the outbox and produce them. */
+static void
+fetch_and_produce(Publisher *p)
+{
+	FetchArgs	args;
+	int			nwant = cs_publisher_batch_size - pipeline_used(p);
+
+	if (nwant <= 0 || GetCurrentTimestamp() < p->db_retry_at)
+		return;
+	if (p->nsend_alone > 0)
+	{
+		if (p->in_flight > 0 || p->done > 0)
+			return;				/* a row to send alone waits for an empty pipeline */
+		nwant = cs_publisher_batch_size;	/* walk far enough to find it */
+	}
+	memset(&args, 0, sizeof(args));
+	args.p = p;
+	args.nwant = nwant;
+	MemoryContextReset(p->step_cxt);
+	args.slots = MemoryContextAlloc(p->step_cxt, sizeof(int) * nwant);
+	if (!db_step(p, fetch_step, &args))
+	{
+		/* slots claimed before the error are given back */
+		for (int k = 0; k < args.taken; k++)
+			slot_free(p, args.slots[k]);
+		return;
+	}
+	for (int k = 0; k < args.taken; k++)
+		produce_row(p, args.slots[k]);
+}
+
 /*
- * Step 3: wait (latch and report queue) until every row sent has its report.
- * librdkafka reports every message within message.timeout.ms; past that
- * plus a margin, rows still without a report are counted as failed (they
- * stay pending and go out again) rather than waited for forever.
+ * Rows without a report long after message.timeout.ms: count them as failed
+ * (they go out again); a report that still comes is ignored.
  */
 static void
-await_reports(Publisher *p)
+expire_reports(Publisher *p)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   p->report_timeout_ms);
+	TimestampTz now = GetCurrentTimestamp();
+	int			expired = 0;
 
-	while (p->outstanding > 0 && !cs_got_sigterm)
+	if (p->in_flight == 0)
+		return;
+	for (int i = 0; i < p->capacity; i++)
 	{
-		drain_reports(p);
-		if (p->outstanding == 0)
-			break;
-		if (GetCurrentTimestamp() >= deadline)
-		{
-			for (int i = 0; i < p->nrows; i++)
-				if (p->rows[i].sent && !p->rows[i].done)
-				{
-					p->rows[i].done = true;
-					p->rows[i].err = RD_KAFKA_RESP_ERR__TIMED_OUT;
-				}
-			ereport(LOG,
-					(errmsg("citizen_sync: publisher: %d delivery report(s) missing after %ld ms; the rows will be sent again",
-							p->outstanding, p->report_timeout_ms)));
-			p->outstanding = 0;
-			break;
-		}
-		cs_waiter_wait(&p->waiter, 1000);
-		cs_worker_reload_config();
+		OutboxRow  *row = &p->rows[i];
+
+		if (row->state != SLOT_IN_FLIGHT ||
+			now < TimestampTzPlusMilliseconds(row->sent_at, p->report_timeout_ms))
+			continue;
+		row->state = SLOT_DONE;
+		row->err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+		row->generation++;
+		p->in_flight--;
+		p->done++;
+		expired++;
 	}
+	if (expired > 0)
+		ereport(LOG,
+				(errmsg("citizen_sync: publisher: %d delivery report(s) missing after %ld ms; the rows will be sent again",
+						expired, p->report_timeout_ms)));
 }
 
 /*
- * Is row i's permanent error its own?  Yes when produce() refused it, when
- * it was sent alone, or when it was the only row of the round in its
- * partition (a broker refuses a partition's whole record batch).
+ * Is done row i's permanent error its own?  Yes when produce() refused it,
+ * when it was sent alone, or when no other row of its partition got its
+ * report at the same time (a broker refuses a partition's whole record
+ * batch, and the batch's reports come together).
  */
 static bool
 error_is_own(Publisher *p, int i)
@@ -434,33 +643,37 @@ error_is_own(Publisher *p, int i)
 
 	if (row->refused || row->alone)
 		return true;
-	for (int j = 0; j < p->nrows; j++)
+	for (int j = 0; j < p->capacity; j++)
 	{
 		OutboxRow  *other = &p->rows[j];
 
-		if (j != i && other->sent && !other->alone &&
+		if (j != i && other->state == SLOT_DONE && !other->refused && !other->alone &&
 			other->partition == row->partition && strcmp(other->topic, row->topic) == 0)
 			return false;
 	}
 	return true;
 }
 
-/* Decide each row's outcome; remember the rows to send alone next round. */
+/* Decide each done row's outcome; add the rows to send alone to the list. */
 static void
 classify_rows(Publisher *p)
 {
 	int			nalone = 0;
 
-	for (int i = 0; i < p->nrows; i++)
+	for (int i = 0; i < p->capacity; i++)
 	{
 		OutboxRow  *row = &p->rows[i];
 
-		if (!row->done)
-			row->outcome = ROW_RETRY;	/* not sent (stopping): not marked */
-		else if (row->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		if (row->state != SLOT_DONE)
+			continue;
+		if (row->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			row->outcome = ROW_DELIVERED;
 		else if (!error_is_permanent(row->err))
+		{
 			row->outcome = ROW_RETRY;
+			if (row->alone)
+				p->nsend_alone = 0; /* the brokers are in trouble: no more one by one */
+		}
 		else if (error_is_own(p, i))
 			row->outcome = ROW_SET_ASIDE;
 		else
@@ -469,17 +682,15 @@ classify_rows(Publisher *p)
 			nalone++;
 		}
 	}
-	if (p->send_alone)
-		pfree(p->send_alone);
-	p->send_alone = NULL;
-	p->nsend_alone = 0;
 	if (nalone == 0)
 		return;
-	/* rows are in id order, and so is this list */
-	p->send_alone = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * nalone);
-	for (int i = 0; i < p->nrows; i++)
-		if (p->rows[i].outcome == ROW_SEND_ALONE)
+	p->send_alone = p->send_alone
+		? repalloc(p->send_alone, sizeof(int64) * (p->nsend_alone + nalone))
+		: MemoryContextAlloc(TopMemoryContext, sizeof(int64) * nalone);
+	for (int i = 0; i < p->capacity; i++)
+		if (p->rows[i].state == SLOT_DONE && p->rows[i].outcome == ROW_SEND_ALONE)
 			p->send_alone[p->nsend_alone++] = p->rows[i].id;
+	qsort(p->send_alone, p->nsend_alone, sizeof(int64), cmp_int64);
 }
 
 /* last_error of a failed row. */
@@ -495,17 +706,17 @@ row_error(OutboxRow *row)
 	return psprintf("%s (%s%s)", rd_kafka_err2str(row->err), rd_kafka_err2name(row->err), how);
 }
 
-/* The server log names set-aside rows (the first few of a round). */
+/* The server log names set-aside rows (the first few of a mark step). */
 static void
 log_set_aside(Publisher *p, int nset)
 {
 	int			logged = 0;
 
-	for (int i = 0; i < p->nrows && logged < MAX_LOGGED_SET_ASIDE; i++)
+	for (int i = 0; i < p->capacity && logged < MAX_LOGGED_SET_ASIDE; i++)
 	{
 		OutboxRow  *row = &p->rows[i];
 
-		if (row->outcome != ROW_SET_ASIDE)
+		if (row->state != SLOT_DONE || row->outcome != ROW_SET_ASIDE)
 			continue;
 		logged++;
 		ereport(WARNING,
@@ -518,90 +729,145 @@ log_set_aside(Publisher *p, int nset)
 	}
 	if (nset > logged)
 		ereport(WARNING,
-				(errmsg("citizen_sync: publisher: %d more outbox row(s) set aside in the same round",
+				(errmsg("citizen_sync: publisher: %d more outbox row(s) set aside at the same time",
 						nset - logged),
 				 errhint("See SELECT id, aggregate_type, aggregate_id, last_error FROM citizen_sync.outbox WHERE set_aside_at IS NOT NULL;")));
 }
 
-/* Step 4: record the outcome of the round. */
+typedef struct MarkArgs
+{
+	Publisher  *p;
+	int			nok;
+	int			nbad;
+	int			nset;
+	const char *last_err;
+} MarkArgs;
+
+/* Step 1: record the outcome of the done rows. */
 static void
 mark_step(void *arg)
 {
-	Publisher  *p = (Publisher *) arg;
-	Datum	   *ok = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
-	Datum	   *bad = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
-	Datum	   *errors = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
-	Datum	   *aside = MemoryContextAlloc(p->round_cxt, sizeof(Datum) * Max(p->nrows, 1));
-	int			nok = 0,
-				nbad = 0,
-				nset = 0;
-	const char *last_err = NULL;
+	MarkArgs   *a = (MarkArgs *) arg;
+	Publisher  *p = a->p;
+	Datum	   *ok = palloc(sizeof(Datum) * p->done);
+	Datum	   *bad = palloc(sizeof(Datum) * p->done);
+	Datum	   *errors = palloc(sizeof(Datum) * p->done);
+	Datum	   *aside = palloc(sizeof(Datum) * p->done);
 
 	cs_tx_begin("citizen_sync: marking published rows");
-	for (int i = 0; i < p->nrows; i++)
+	for (int i = 0; i < p->capacity; i++)
 	{
 		OutboxRow  *row = &p->rows[i];
 
-		if (!row->done)
+		if (row->state != SLOT_DONE)
 			continue;
 		if (row->outcome == ROW_DELIVERED)
 		{
-			ok[nok++] = Int64GetDatum(row->id);
+			ok[a->nok++] = Int64GetDatum(row->id);
 			continue;
 		}
-		bad[nbad] = Int64GetDatum(row->id);
-		errors[nbad] = CStringGetTextDatum(row_error(row));
-		aside[nbad++] = BoolGetDatum(row->outcome == ROW_SET_ASIDE);
-		nset += (row->outcome == ROW_SET_ASIDE);
-		last_err = rd_kafka_err2str(row->err);
+		bad[a->nbad] = Int64GetDatum(row->id);
+		errors[a->nbad] = CStringGetTextDatum(row_error(row));
+		aside[a->nbad++] = BoolGetDatum(row->outcome == ROW_SET_ASIDE);
+		a->nset += (row->outcome == ROW_SET_ASIDE);
+		a->last_err = rd_kafka_err2str(row->err);
 	}
-	if (nok > 0)
+	if (a->nok > 0)
 	{
 		Oid			t[1] = {INT8ARRAYOID};
-		Datum		v[1] = {PointerGetDatum(int8_array(ok, nok))};
+		Datum		v[1] = {PointerGetDatum(int8_array(ok, a->nok))};
 
 		SPI_execute_with_args(MARK_OK_SQL, 1, t, v, NULL, false, 0);
 	}
-	if (nbad > 0)
+	if (a->nbad > 0)
 	{
 		Oid			t[3] = {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
 		Datum		v[3];
 
-		v[0] = PointerGetDatum(int8_array(bad, nbad));
-		v[1] = PointerGetDatum(construct_array(errors, nbad, TEXTOID, -1, false, TYPALIGN_INT));
-		v[2] = PointerGetDatum(construct_array(aside, nbad, BOOLOID, 1, true, TYPALIGN_CHAR));
+		v[0] = PointerGetDatum(int8_array(bad, a->nbad));
+		v[1] = PointerGetDatum(construct_array(errors, a->nbad, TEXTOID, -1, false, TYPALIGN_INT));
+		v[2] = PointerGetDatum(construct_array(aside, a->nbad, BOOLOID, 1, true, TYPALIGN_CHAR));
 		SPI_execute_with_args(MARK_FAILED_SQL, 3, t, v, NULL, false, 0);
 	}
 	cs_tx_commit();
-	if (nset > 0)
-		log_set_aside(p, nset);
+}
 
+/* The statistics of a mark step. */
+static void
+count_marked(Publisher *p, MarkArgs *a)
+{
 	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	p->slot->published += nok;
-	p->slot->publish_failures += nbad;
+	p->slot->published += a->nok;
+	p->slot->publish_failures += a->nbad;
 	p->slot->batches++;
 	p->slot->last_batch_at = GetCurrentTimestamp();
-	if (nok > 0)
+	if (a->nok > 0)
 		p->slot->last_delivery_at = p->slot->last_batch_at;
-	else if (nbad > nset)
+	else if (a->nbad > a->nset)
 		p->slot->last_failure_at = p->slot->last_batch_at;
-	strlcpy(p->slot->state, nbad > nset ? "retrying" : "running", sizeof(p->slot->state));
-	if (nset)
+	strlcpy(p->slot->state, a->nbad > a->nset ? "retrying" : "running", sizeof(p->slot->state));
+	if (a->nset)
 		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
-				 "%d outbox row(s) set aside (refused for good): %s", nset, last_err);
-	else if (nbad)
+				 "%d outbox row(s) set aside (refused for good): %s", a->nset, a->last_err);
+	else if (a->nbad)
 		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
-				 "delivery failed for %d row(s): %s", nbad, last_err);
-	p->slot->last_error_at = nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
+				 "delivery failed for %d row(s): %s", a->nbad, a->last_err);
+	p->slot->last_error_at = a->nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
 	LWLockRelease(cs_shared->lock);
+}
 
-	/*
-	 * Back off only when nothing got through (the brokers are unreachable):
-	 * rows that failed once are retried 100 ms later without slowing the
-	 * other aggregates; set-aside rows are not retried at all.
-	 */
-	p->failures = (nbad > nset && nok == 0) ? p->failures + 1 : 0;
-	p->some_failed = (nbad > nset);
+/*
+ * Step 1: mark the done rows in one transaction, then free their slots;
+ * a row that failed transiently keeps its slot (so its aggregate waits)
+ * until its retry time: 100 ms, doubling up to restart_delay while mark
+ * steps bring only failures (the brokers are unreachable).  Set-aside rows
+ * leave the pipeline; the walk skips their aggregates.
+ */
+static void
+mark_done(Publisher *p)
+{
+	MarkArgs	args;
+	TimestampTz retry_at;
+
+	if (p->done == 0 || GetCurrentTimestamp() < p->db_retry_at)
+		return;
+	classify_rows(p);
+	memset(&args, 0, sizeof(args));
+	args.p = p;
+	MemoryContextReset(p->step_cxt);
+	if (!db_step(p, mark_step, &args))
+		return;					/* the rows stay done; marked next time */
+	if (args.nset > 0)
+		log_set_aside(p, args.nset);
+	count_marked(p, &args);
+	p->failures = (args.nbad > args.nset && args.nok == 0) ? p->failures + 1 : 0;
+	retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), backoff_ms(p->failures));
+	for (int i = 0; i < p->capacity; i++)
+	{
+		OutboxRow  *row = &p->rows[i];
+
+		if (row->state != SLOT_DONE)
+			continue;
+		if (row->outcome == ROW_RETRY || row->outcome == ROW_SEND_ALONE)
+		{
+			row->state = SLOT_COOLING;
+			row->retry_at = row->outcome == ROW_RETRY ? retry_at : 0;
+		}
+		else
+			slot_free(p, i);
+	}
+	p->done = 0;
+}
+
+/* Free the slots of failed rows whose retry time has come. */
+static void
+end_cooling(Publisher *p)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < p->capacity; i++)
+		if (p->rows[i].state == SLOT_COOLING && now >= p->rows[i].retry_at)
+			slot_free(p, i);
 }
 
 /* Delete published rows past the retention, a bounded chunk at a time. */
@@ -621,7 +887,7 @@ static void kafka_stop(Publisher *p);
 
 /*
  * After a fatal error (idempotence state lost) the producer refuses every
- * message: replace it.  The round's rows failed transiently and go out
+ * message: replace it.  The rows in flight failed transiently and go out
  * again with the new producer.
  */
 static void
@@ -635,62 +901,32 @@ replace_producer_if_fatal(Publisher *p)
 	ereport(WARNING,
 			(errmsg("citizen_sync: publisher: fatal Kafka producer error: %s", errstr),
 			 errdetail("The producer is replaced; the rows it did not deliver are sent again.")));
+	drain_reports(p);
+	for (int i = 0; i < p->capacity; i++)
+		if (p->rows[i].state == SLOT_IN_FLIGHT)
+		{
+			p->rows[i].state = SLOT_DONE;
+			p->rows[i].err = err;
+			p->rows[i].generation++;
+			p->in_flight--;
+			p->done++;
+		}
 	kafka_stop(p);
 	kafka_start(p);
 }
 
-/*
- * Produce the round's rows: first those to send alone, each awaited before
- * the next (so that each makes a record batch of its own) -- until one of
- * them fails transiently, the brokers being in trouble -- then the others,
- * all at once.
- */
+/* One pass of the pipeline (see the header comment). */
 static void
-produce_rows(Publisher *p)
+pipeline_step(Publisher *p)
 {
-	bool		one_by_one = true;
-
-	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
-	{
-		OutboxRow  *row = &p->rows[i];
-
-		if (!row->alone)
-			continue;
-		if (!one_by_one)
-		{
-			row->alone = false;
-			continue;
-		}
-		produce_row(p, i);
-		await_reports(p);
-		if (row->err != RD_KAFKA_RESP_ERR_NO_ERROR && !error_is_permanent(row->err))
-			one_by_one = false;
-	}
-	for (int i = 0; i < p->nrows && !cs_got_sigterm; i++)
-		if (!p->rows[i].alone)
-			produce_row(p, i);
-	await_reports(p);
-}
-
-/* One round; returns the number of rows read. */
-static int
-publish_round(Publisher *p)
-{
-	MemoryContextReset(p->round_cxt);
-	p->round++;
-	p->rows = NULL;
-	p->nrows = 0;
-	p->outstanding = 0;
-	if (!cs_worker_try(p->slot, fetch_step, p))
-		return -1;
-	produce_rows(p);
-	if (cs_got_sigterm)
-		return 0;
-	classify_rows(p);
-	if (p->nrows > 0 && !cs_worker_try(p->slot, mark_step, p))
-		return -1;
+	pipeline_reserve(p);
+	drain_reports(p);
+	expire_reports(p);
+	mark_done(p);
 	replace_producer_if_fatal(p);
-	return p->nrows;
+	end_cooling(p);
+	if (!cs_got_sigterm)
+		fetch_and_produce(p);
 }
 
 static void
@@ -699,8 +935,8 @@ kafka_start(Publisher *p)
 	char		errstr[512];
 	static const char *const defaults[] = {
 		"linger.ms", "1",
-		"socket.nagle.disable", "true",	/* Nagle plus delayed ACKs cost ~40 ms a round */
-		"message.timeout.ms", "30000",	/* a failed delivery is retried by the next round */
+		"socket.nagle.disable", "true",	/* Nagle plus delayed ACKs cost ~40 ms a report */
+		"message.timeout.ms", "30000",	/* the bound of a report; the row is then sent again */
 		NULL
 	};
 	rd_kafka_conf_t *conf = cs_kafka_conf_new("citizen_sync-publisher", defaults);
@@ -728,11 +964,12 @@ kafka_start(Publisher *p)
 	cs_waiter_init(&p->waiter, p->queue);
 }
 
-/* Drop what the producer still holds (it is sent again by a later round). */
+/* Drop what the producer still holds (it is sent again later). */
 static void
 kafka_stop(Publisher *p)
 {
-	rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+				   RD_KAFKA_PURGE_F_NON_BLOCKING);
 	cs_waiter_close(&p->waiter);
 	rd_kafka_queue_destroy(p->queue);
 	rd_kafka_destroy(p->rk);
@@ -764,7 +1001,13 @@ warm_up_step(void *arg)
 
 		if (rkt == NULL)
 			continue;
-		if (rd_kafka_metadata(p->rk, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		if (cs_got_sigterm)
+		{
+			rd_kafka_topic_destroy(rkt);
+			break;
+		}
+		/* bounded: the brokers may be down */
+		if (rd_kafka_metadata(p->rk, 0, rkt, &md, 500) == RD_KAFKA_RESP_ERR_NO_ERROR)
 			rd_kafka_metadata_destroy(md);
 		rd_kafka_topic_destroy(rkt);
 	}
@@ -782,29 +1025,30 @@ extension_ready(char *msg, size_t msglen, char *hint, size_t hintlen)
 	return ok;
 }
 
-/* Idle until woken by a commit, the sweep interval or a retry backoff. */
-static void
-idle(Publisher *p, int rows_read)
+/*
+ * Milliseconds until something is due without a wake-up: the sweep, the
+ * next purge, a retry after a failed step, a cooling row's retry, a missing
+ * report's deadline.  Reports and commits wake the publisher earlier.
+ */
+static long
+next_wakeup_ms(Publisher *p)
 {
-	long		timeout;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz due = TimestampTzPlusMilliseconds(now, cs_publisher_sweep_ms);
 
-	/*
-	 * A round that read rows waited on the latch for its delivery reports and
-	 * so may have consumed a commit's wake-up: look again at once.  Only an
-	 * empty round (which never waited) or a failing one sleeps.
-	 */
-	if (rows_read > 0 && p->failures == 0 && !p->some_failed)
-		return;
-	if (p->failures > 0 || rows_read < 0)
-		timeout = Min(100L << Min(p->failures, 10), cs_restart_delay_s * 1000L);
-	else if (p->some_failed)
-		timeout = 100;			/* retry the failed rows soon, without spinning */
-	else
-		timeout = cs_publisher_sweep_ms;
-	/* and wake up for the next purge even when nothing is committed */
-	timeout = Min(timeout, Max(1L, (long) ((p->next_purge_at - GetCurrentTimestamp()) / 1000) + 1));
-	cs_waiter_wait(&p->waiter, timeout);
-	drain_reports(p);
+	due = Min(due, p->next_purge_at);
+	if (p->done > 0)
+		due = Min(due, p->db_retry_at);
+	for (int i = 0; i < p->capacity; i++)
+	{
+		OutboxRow  *row = &p->rows[i];
+
+		if (row->state == SLOT_COOLING)
+			due = Min(due, row->retry_at);
+		else if (row->state == SLOT_IN_FLIGHT)
+			due = Min(due, TimestampTzPlusMilliseconds(row->sent_at, p->report_timeout_ms));
+	}
+	return due <= now ? 0 : (long) ((due - now + 999) / 1000);
 }
 
 void
@@ -837,22 +1081,23 @@ cs_publisher_main(Datum arg)
 	}
 	if (warned)
 		cs_shmem_set_error(p.slot, "");
-	p.round_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher round",
-										ALLOCSET_DEFAULT_SIZES);
+	p.rows_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher rows",
+									   ALLOCSET_DEFAULT_SIZES);
+	p.step_cxt = AllocSetContextCreate(TopMemoryContext, "citizen_sync publisher step",
+									   ALLOCSET_DEFAULT_SIZES);
 	kafka_start(&p);
 	(void) cs_worker_try(p.slot, warm_up_step, &p);
 	cs_shmem_set_state(p.slot, "running");
 	while (!cs_got_sigterm)
 	{
-		int			n = publish_round(&p);
-
-		if (GetCurrentTimestamp() >= p.next_purge_at)
+		pipeline_step(&p);
+		if (GetCurrentTimestamp() >= p.next_purge_at && !cs_got_sigterm)
 		{
 			cs_worker_try(p.slot, purge_step, &p);
 			p.next_purge_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  Min(60000L, Max(1000L, cs_outbox_retention_s * 1000L)));
 		}
-		idle(&p, n);
+		cs_waiter_wait(&p.waiter, next_wakeup_ms(&p));
 		cs_worker_reload_config();
 	}
 	kafka_stop(&p);

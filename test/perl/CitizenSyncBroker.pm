@@ -288,6 +288,29 @@ sub set_coordinator { return $_[0]->ok_command("coordinator $_[1] $_[2] $_[3]");
 
 =pod
 
+=item $kafka->spread_leaders($topic, $partitions, $brokers)
+
+Moves the leader of partition p of $topic (0 .. $partitions - 1) to broker
+(p % $brokers) + 1, so that every broker leads some partitions.  Returns a
+hashref partition => leader id.
+
+=cut
+
+sub spread_leaders
+{
+	my ($self, $topic, $partitions, $brokers) = @_;
+	my %leader;
+
+	for my $p (0 .. $partitions - 1)
+	{
+		$leader{$p} = ($p % $brokers) + 1;
+		$self->set_leader($topic, $p, $leader{$p});
+	}
+	return \%leader;
+}
+
+=pod
+
 =item $kafka->offsets($topic)
 
 Returns a hashref:

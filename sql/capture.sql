@@ -38,10 +38,21 @@ SELECT citizen_sync.capture('public.citizens', 'citizen',
 SELECT tgname, tgtype, tgenabled FROM pg_trigger
  WHERE tgrelid = 'public.citizens'::regclass AND NOT tgisinternal ORDER BY tgname;
 
+-- Versions are clock-based (microseconds since 1970, see emit_change()):
+-- shown as their rank among the citizen's versions in the outbox (1, 2, ...).
+CREATE FUNCTION pg_temp.vrank(agg_id bigint, ver bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN ver IS NOT NULL THEN
+           (SELECT count(DISTINCT (o.payload ->> 'event_version')::bigint)
+              FROM citizen_sync.outbox o
+             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id
+               AND (o.payload ->> 'event_version')::bigint <= ver) END
+$$;
+
 -- The outbox with its volatile values masked.
 CREATE TEMP VIEW ob AS
 SELECT id, aggregate_type AS agg, aggregate_id AS agg_id, event_type,
-       (payload ->> 'event_version')::bigint AS ver,
+       pg_temp.vrank(aggregate_id, (payload ->> 'event_version')::bigint) AS ver,
        payload -> 'data' AS data
   FROM citizen_sync.outbox;
 
@@ -84,9 +95,8 @@ UPDATE public.citizens SET city = 'Capital City' WHERE id IN (1, 2);
 SELECT id, agg_id, event_type, ver, data -> 'snapshot' ->> 'city' AS city FROM ob WHERE id > 3 ORDER BY id;
 
 ------------------------------------------------------------------------------
--- Rolled back: no outbox row, and the version counter is rolled back too,
--- so versions stay consecutive.  (The outbox id sequence is not
--- transactional: ids may have gaps, versions may not.)
+-- Rolled back: no outbox row, and the version counter is rolled back too.
+-- (The outbox id sequence is not transactional: ids may have gaps.)
 ------------------------------------------------------------------------------
 BEGIN;
 UPDATE public.citizens SET name = 'Rolled Back' WHERE id = 1;
@@ -113,12 +123,18 @@ INSERT INTO public.citizens (id, name, email, city) VALUES (2, 'John Smith Jr', 
 SELECT * FROM ob WHERE agg_id IN (2, 3) ORDER BY id;
 
 ------------------------------------------------------------------------------
--- Versions per citizen: 1..N, no gap, no repeat, in outbox id order
+-- Versions per citizen: strictly increasing in outbox id order, none below
+-- the clock of its transaction's start
 ------------------------------------------------------------------------------
-SELECT agg_id, versions,
-       versions = ARRAY(SELECT generate_series(1::bigint, cardinality(versions))) AS consecutive
-  FROM (SELECT agg_id, array_agg(ver ORDER BY id) AS versions FROM ob GROUP BY agg_id) AS s
- ORDER BY agg_id;
+SELECT aggregate_id AS agg_id,
+       array_agg(pg_temp.vrank(aggregate_id, v) ORDER BY id) AS versions,
+       array_agg(v ORDER BY id) = ARRAY(SELECT DISTINCT x FROM unnest(array_agg(v)) AS x ORDER BY x)
+         AS increasing,
+       bool_and(v >= extract(epoch FROM created_at) * 1000000) AS above_clock
+  FROM (SELECT id, aggregate_id, created_at, (payload ->> 'event_version')::bigint AS v
+          FROM citizen_sync.outbox) AS o
+ GROUP BY aggregate_id
+ ORDER BY aggregate_id;
 
 ------------------------------------------------------------------------------
 -- Refused operations
@@ -194,7 +210,8 @@ UNION ALL
  EXCEPT
  SELECT id, name, email, phone, address, city, postal_code, email_verified, identity_verified
    FROM public.citizens);
-SELECT citizen_id, name, event_version, is_active, deleted_at IS NOT NULL AS has_deleted_at
+SELECT citizen_id, name, pg_temp.vrank(citizen_id, event_version) AS event_version, is_active,
+       deleted_at IS NOT NULL AS has_deleted_at
   FROM cache.citizen_refs ORDER BY citizen_id;
 -- The cached version is the source's latest.
 SELECT r.citizen_id, r.event_version = v.last_version AS latest

@@ -187,15 +187,28 @@ INSERT INTO public.ops_citizens VALUES
 UPDATE public.ops_citizens SET city = 'Capital City' WHERE id = 3;
 DELETE FROM public.ops_citizens WHERE id = 4;
 
+-- Versions are clock-based (microseconds since 1970, see emit_change()):
+-- shown as their rank among the citizen's versions in the outbox (1, 2, ...).
+CREATE FUNCTION pg_temp.vrank(agg_id bigint, ver bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN ver IS NOT NULL THEN
+           (SELECT count(DISTINCT (o.payload ->> 'event_version')::bigint)
+              FROM citizen_sync.outbox o
+             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id
+               AND (o.payload ->> 'event_version')::bigint <= ver) END
+$$;
+
 -- The source's state: live rows (version NULL if never captured), deleted
 -- ones (present false), published columns only.
-SELECT id, version, present, changed_at IS NOT NULL AS has_changed_at, snapshot
+SELECT id, pg_temp.vrank(id, version) AS version, present, changed_at IS NOT NULL AS has_changed_at,
+       snapshot
   FROM citizen_sync.source_state('citizen') ORDER BY id;
-SELECT id, version, present FROM citizen_sync.source_state() ORDER BY id;
+SELECT id, pg_temp.vrank(id, version) AS version, present FROM citizen_sync.source_state() ORDER BY id;
 
 -- The outbox rows written from now on, without their timestamp.
 CREATE TEMP VIEW new_events AS
-SELECT id, aggregate_id, event_type, (payload ->> 'event_version')::int AS version,
+SELECT id, aggregate_id, event_type,
+       pg_temp.vrank(aggregate_id, (payload ->> 'event_version')::bigint) AS version,
        payload -> 'data' AS data
   FROM citizen_sync.outbox WHERE id > 4;
 SELECT max(id) AS outbox_rows_so_far FROM citizen_sync.outbox;
@@ -204,7 +217,8 @@ SELECT max(id) AS outbox_rows_so_far FROM citizen_sync.outbox;
 -- 1 and 2 are backfilled (their first version).
 SELECT citizen_sync.resync('citizen') AS events_written;
 SELECT * FROM new_events ORDER BY id;
-SELECT id, version, present FROM citizen_sync.source_state('citizen') ORDER BY id;
+SELECT id, pg_temp.vrank(id, version) AS version, present
+  FROM citizen_sync.source_state('citizen') ORDER BY id;
 
 -- Resync some: a live one is republished; a deleted one and one the source
 -- never had are published as deleted.
@@ -217,7 +231,8 @@ SELECT o.id, citizen_sync.apply_event(
            (o.payload || jsonb_build_object('event_type', o.aggregate_type || '.' || o.event_type,
                                             'event_id', 'evt_' || o.id))::text) AS result
   FROM citizen_sync.outbox o ORDER BY o.id;
-SELECT citizen_id, name, email, phone, city, event_version, is_active
+SELECT citizen_id, name, email, phone, city, pg_temp.vrank(citizen_id, event_version) AS event_version,
+       is_active
   FROM cache.citizen_refs ORDER BY citizen_id;
 (SELECT s.id, s.version, s.present FROM citizen_sync.source_state() s
  EXCEPT

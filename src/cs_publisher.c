@@ -116,7 +116,7 @@ PGDLLEXPORT void cs_publisher_main(Datum arg);
 	"       aggregate_type OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) aggregate_id," \
 	"       (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(" \
 	"          'event_type', aggregate_type OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) event_type," \
-	"          'event_id', 'evt_' OPERATOR(pg_catalog.||) id))::pg_catalog.text" \
+	"          'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::pg_catalog.text" \
 	"  FROM citizen_sync.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($2) ORDER BY id"
 
 #define MARK_OK_SQL \

@@ -2,7 +2,7 @@
 #
 # Read back from the topic with kcat and checked field by field: topic
 # gov.auth.citizen (and no other), key citizen_<id>, JSON value with
-# event_type citizen.created|updated|deleted, event_id evt_<outbox id>,
+# event_type citizen.created|updated|deleted, event_id evt_<outbox id>_<created_at in µs>,
 # integer event_version strictly increasing per key in offset order within
 # one partition, event_timestamp ISO 8601 UTC with milliseconds, data with
 # citizen_id and (except for deletes) the snapshot of exactly the published
@@ -59,12 +59,13 @@ is_deeply([ sort @topics ], [$TOPIC], "the only topic is $TOPIC");
 # The outbox, by id.
 my %outbox;
 for my $line (split /\n/, $node->safe_psql('auth_db', q{
-SELECT id || E'\t' || aggregate_id || E'\t' || event_type || E'\t' || payload::text
+SELECT id || E'\t' || aggregate_id || E'\t' || event_type || E'\t'
+       || (extract(epoch FROM created_at) * 1000000)::bigint || E'\t' || payload::text
   FROM citizen_sync.outbox ORDER BY id}))
 {
-	my ($id, $agg, $type, $payload) = split /\t/, $line, 4;
+	my ($id, $agg, $type, $created_us, $payload) = split /\t/, $line, 5;
 	$outbox{$id} = { aggregate_id => $agg, event_type => $type,
-		payload => $json->decode($payload) };
+		created_us => $created_us, payload => $json->decode($payload) };
 }
 my $nrows = keys %outbox;
 
@@ -97,8 +98,10 @@ for my $m (@msgs)
 	$err->("event_type $e->{event_type}")
 	  unless ($e->{event_type} // '') =~ /^citizen\.(created|updated|deleted)$/;
 	my $type = $1 // '';
-	$err->('event_id ' . ($e->{event_id} // 'NULL') . ' is not evt_<outbox id>')
-	  unless ($e->{event_id} // '') =~ /^evt_(\d+)$/ && $outbox{$1};
+	$err->('event_id ' . ($e->{event_id} // 'NULL')
+		  . ' is not evt_<outbox id>_<its created_at in microseconds since 1970>')
+	  unless ($e->{event_id} // '') =~ /^evt_(\d+)_(\d+)$/
+	  && $outbox{$1} && $outbox{$1}->{created_us} eq $2;
 	my $oid = $1;
 	$count{ $e->{event_id} // '' }++;
 	$err->('event_version ' . $json->encode($e->{event_version}) . ' is not a positive JSON integer')
@@ -156,7 +159,7 @@ for my $m (@msgs)
 		$err->("outbox row $oid is $o->{event_type}, message says $type")
 		  unless $o->{event_type} eq $type;
 		my %want = (%{ $o->{payload} },
-			event_type => "citizen.$o->{event_type}", event_id => "evt_$oid");
+			event_type => "citizen.$o->{event_type}", event_id => "evt_${oid}_$o->{created_us}");
 		$err->("differs from outbox row $oid: " . $m->{value})
 		  unless $json->encode($e) eq $json->encode(\%want);
 	}

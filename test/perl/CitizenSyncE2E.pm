@@ -46,7 +46,7 @@ use PostgreSQL::Test::Utils;
 use CitizenSyncBroker;
 use JSON::PP ();
 
-our @EXPORT_OK = qw(start_broker start_pipeline setup_auth_db poll_until query_or_undef
+our @EXPORT_OK = qw(start_broker start_pipeline setup_auth_db source_conninfo drift poll_until query_or_undef
   pending_count wait_outbox_drained source_state cache_state
   wait_caches_converged wait_cache_equals_source publisher_stats check_outbox_complete
   topic_events check_topic_order check_topic_has_outbox check_topic_complete
@@ -147,6 +147,40 @@ SELECT citizen_sync.capture('citizens', 'citizen',
              'email_verified', 'identity_verified']);
 });
 	return;
+}
+
+=pod
+
+=item source_conninfo($node)
+
+The connection string of auth_db on $node as a dollar-quoted SQL literal,
+for consistency_check() and heal().
+
+=cut
+
+sub source_conninfo
+{
+	my ($node) = @_;
+	my $c = $node->connstr('auth_db');
+	$c =~ s/'//g;    # dbname='auth_db' -> dbname=auth_db (no quote in the literal)
+	return "\$conn\$$c\$conn\$";
+}
+
+=pod
+
+=item drift($node, $db, $conninfo)
+
+consistency_check() of $db against $conninfo (stale_after 0) as
+"id|problem,..." ('' when the cache equals the source).
+
+=cut
+
+sub drift
+{
+	my ($node, $db, $conninfo) = @_;
+	return $node->safe_psql($db, qq{
+SELECT coalesce(string_agg(citizen_id || '|' || problem, ',' ORDER BY citizen_id), '')
+  FROM citizen_sync.consistency_check($conninfo, interval '0 seconds')});
 }
 
 =pod

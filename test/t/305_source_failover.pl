@@ -24,8 +24,8 @@ use lib "$FindBin::RealBin/../perl";
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(start_broker setup_auth_db poll_until wait_outbox_drained
-  wait_cache_equals_source);
+use CitizenSyncE2E qw(start_broker setup_auth_db source_conninfo drift poll_until
+  wait_outbox_drained wait_cache_equals_source);
 use CitizenSyncTest ();
 
 my $kafka = start_broker();
@@ -144,20 +144,14 @@ SELECT string_agg(citizen_id || ':' || coalesce(phone, '-') || ':' || is_active,
 
 # heal() brings the cache back to the new primary's state.
 $service->safe_psql($db, 'CREATE EXTENSION dblink');
-my $auth = $standby->connstr('auth_db');
-$auth =~ s/'//g;
-my $conninfo = "\$conn\$$auth\$conn\$";
-is( $service->safe_psql($db, qq{
-SELECT string_agg(citizen_id || '|' || problem, ',' ORDER BY citizen_id)
-  FROM citizen_sync.consistency_check($conninfo, interval '0 seconds')}),
+my $conninfo = source_conninfo($standby);
+is(drift($service, $db, $conninfo),
 	join(',', '4|mismatched', '5|mismatched', '6|missing', map { "$_|extra" } grep { $_ > 30 } @lost),
 	'consistency_check names exactly the changes lost at the source');
 $service->safe_psql($db, "SELECT citizen_sync.heal($conninfo, interval '0 seconds')");
 wait_outbox_drained($standby, 60, 'the healing events are published');
 wait_cache_equals_source($standby, $service, $db, 60, 'after heal() the cache equals the new primary');
-is( $service->safe_psql($db, qq{
-SELECT count(*) FROM citizen_sync.consistency_check($conninfo, interval '0 seconds')}),
-	'0', 'consistency_check reports nothing after heal()');
+is(drift($service, $db, $conninfo), '', 'consistency_check reports nothing after heal()');
 is(drops(), $before, 'no healing event was dropped as stale or duplicate');
 
 $standby->stop;

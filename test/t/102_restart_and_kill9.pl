@@ -103,7 +103,13 @@ SELECT backend_start FROM pg_stat_activity
 my $ev3 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 2000 ], tag => 'c');
 CitizenSyncTest::produce($broker, $topic, $ev3);
 $expect = CitizenSyncTest::suffix_counts(CitizenSyncTest::positions($broker, $topic), $stored);
-cmp_ok($expect->{total}, '>', scalar(@$ev3), "$expect->{total} messages left after the crash");
+# Normally part of stream 2 is still unapplied when the kill lands; on a
+# loaded machine the last batch may have committed just before it.  Either
+# way the resume point is the stored one and the counts below must be exact.
+cmp_ok($expect->{total}, '>=', scalar(@$ev3), "$expect->{total} messages left after the crash");
+note($expect->{total} > scalar(@$ev3)
+	? 'the kill interrupted stream 2'
+	: 'stream 2 was fully committed before the kill landed');
 
 CitizenSyncTest::load_expected($node, $db, $m);
 CitizenSyncTest::wait_converged($node, $db, 'the cache converges after the crash');

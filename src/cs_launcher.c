@@ -17,6 +17,9 @@
  * launcher when they stop; a worker that failed is restarted after a delay
  * that doubles up to citizen_sync.restart_delay, one that stopped cleanly at
  * once.  When Kafka settings change, every worker is restarted with them.
+ * A launcher restarted after an error has no handles for the workers its
+ * predecessor started: it stops them and starts its own once they are gone,
+ * so that a slot never has two workers (stop_orphans()).
  *
  * The Kafka settings include the content of citizen_sync.kafka_properties_file,
  * which the launcher reads at start, on reload, before restarting a failed
@@ -82,6 +85,9 @@ static const char *settings_hold_why = NULL;
 
 /* How long DROP DATABASE keeps the stopped workers of its database down. */
 #define CS_DROPDB_HOLD_MS	10000
+
+/* How often to look whether a previous launcher's worker has exited. */
+#define CS_ORPHAN_POLL_MS	100
 
 /* The settings whose change requires restarting every worker. */
 static char *
@@ -422,6 +428,33 @@ may_start(int i, TimestampTz now, TimestampTz *recheck_at)
 	return true;
 }
 
+/*
+ * At launcher start, stop the workers a previous launcher started.  Dynamic
+ * workers outlive the launcher that registered them (a launcher that exits
+ * with an error is restarted by the postmaster), but their handles do not:
+ * this launcher could neither stop them on a reload or DROP DATABASE nor
+ * tell that they run, and would start a second worker in the same slot.
+ * reconcile() leaves their slots alone until they are gone, then starts
+ * workers of its own there.
+ */
+static void
+stop_orphans(void)
+{
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+	{
+		pid_t		pid = cs_shmem_attached_pid(i);
+		CsWorkerSlot *slot = &cs_shared->slots[i];
+
+		if (pid == 0)
+			continue;
+		ereport(LOG,
+				(errmsg("citizen_sync: stopping the %s for database \"%s\" (pid %d) that a previous launcher started",
+						slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+						slot->database, (int) pid)));
+		(void) kill(pid, SIGTERM);
+	}
+}
+
 /* Bring the running set in line with want[]; returns ms until next action. */
 static long
 reconcile(LaunchState *want)
@@ -439,6 +472,17 @@ reconcile(LaunchState *want)
 
 		if (s->handle && !is_running(s))
 			schedule_restart(i);
+		if (s->handle == NULL && cs_shmem_attached_pid(i) != 0)
+		{
+			/*
+			 * A worker this launcher did not start (a previous launcher's,
+			 * see stop_orphans()) is still attached: neither clear, nor
+			 * reconfigure, nor start another in the slot until it is gone.
+			 * Its exit does not wake us: look again soon.
+			 */
+			timeout = Min(timeout, CS_ORPHAN_POLL_MS);
+			continue;
+		}
 		if (!same)
 		{
 			if (s->handle)
@@ -519,6 +563,7 @@ cs_launcher_main(Datum arg)
 	cs_worker_setup_signals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("citizen_sync launcher");
+	stop_orphans();
 	restart_all_if_settings_changed();
 	while (!cs_got_sigterm)
 	{

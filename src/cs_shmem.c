@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include <math.h>
+#include <signal.h>
 
 #include "cs_errors.h"
 #include "cs_shmem.h"
@@ -126,6 +127,25 @@ cs_shmem_clear_slot(int i)
 	memset(&cs_shared->slots[i], 0, sizeof(CsWorkerSlot));
 	cs_errors_clear(i);
 	LWLockRelease(cs_shared->lock);
+}
+
+pid_t
+cs_shmem_attached_pid(int i)
+{
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+	pid_t		pid;
+
+	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
+	pid = slot->pid;
+	if (pid != 0 && kill(pid, 0) != 0 && errno == ESRCH)
+	{
+		/* it exited without detaching: nothing holds the slot any more */
+		slot->pid = 0;
+		slot->pgprocno = -1;
+		pid = 0;
+	}
+	LWLockRelease(cs_shared->lock);
+	return pid;
 }
 
 CsWorkerSlot *

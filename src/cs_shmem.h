@@ -130,6 +130,12 @@ extern void cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *databa
 /* Launcher: mark slot i unused. */
 extern void cs_shmem_clear_slot(int i);
 
+/*
+ * Launcher: the pid of the process attached to slot i, 0 if none (a pid
+ * whose process is gone is forgotten).
+ */
+extern pid_t cs_shmem_attached_pid(int i);
+
 /* Worker: attach to slot i for the life of the process; returns the slot. */
 extern CsWorkerSlot *cs_shmem_attach(int i);
 

@@ -127,7 +127,7 @@ EOF
 $node->reload;
 $pid = wait_new_consumer($node, $pid, 'a changed file plus a reload restarts the consumer');
 ok( $node->wait_for_log(
-		qr/citizen_sync: kafka CONFWARN: .*batch\.num\.messages is a producer property/, $offset),
+		qr/citizen_sync: .*kafka CONFWARN: .*batch\.num\.messages is a producer property/, $offset),
 	'the new consumer uses the new content (librdkafka warns about its producer property)');
 CitizenSyncTest::produce($broker, $topic,
 	CitizenSyncTest::add_events($m, citizens => [ 50 .. 150 ], tag => 'b'));

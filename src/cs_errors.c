@@ -188,22 +188,6 @@ cs_errors_clear(int i)
 	LWLockRelease(cs_errors->lock);
 }
 
-static const char *
-kind_word(CsWorkerKind kind)
-{
-	switch (kind)
-	{
-		case CS_WORKER_CONSUMER:
-			return "consumer";
-		case CS_WORKER_PUBLISHER:
-			return "publisher";
-		case CS_WORKER_LAUNCHER:
-			return "launcher";
-		default:
-			return "none";
-	}
-}
-
 static Datum
 text_or_null(const char *s, bool *isnull)
 {
@@ -219,7 +203,7 @@ error_row(const CsErrorEntry *e, Datum *v, bool *n)
 	v[0] = TimestampTzGetDatum(e->last_at);
 	v[1] = TimestampTzGetDatum(e->first_at);
 	v[2] = Int64GetDatum(e->repeats);
-	v[3] = CStringGetTextDatum(kind_word(e->kind));
+	v[3] = CStringGetTextDatum(cs_shmem_kind_name(e->kind));
 	v[4] = CStringGetTextDatum(e->database);
 	v[5] = Int32GetDatum(e->pid);
 	v[6] = CStringGetTextDatum(e->source == CS_ERROR_KAFKA ? "kafka" : "database");

@@ -196,3 +196,19 @@ cs_shmem_set_error(CsWorkerSlot *slot, const char *message)
 		slot->last_error_at = GetCurrentTimestamp();
 	LWLockRelease(cs_shared->lock);
 }
+
+const char *
+cs_shmem_kind_name(CsWorkerKind kind)
+{
+	switch (kind)
+	{
+		case CS_WORKER_CONSUMER:
+			return "consumer";
+		case CS_WORKER_PUBLISHER:
+			return "publisher";
+		case CS_WORKER_LAUNCHER:
+			return "launcher";
+		default:
+			return "none";
+	}
+}

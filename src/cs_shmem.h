@@ -148,4 +148,7 @@ extern void cs_shmem_set_state(CsWorkerSlot *slot, const char *state);
 /* Record an error sentence and its time in the slot (under the lock). */
 extern void cs_shmem_set_error(CsWorkerSlot *slot, const char *message);
 
+/* "consumer", "publisher", "launcher" or "none": the kind as the views show it. */
+extern const char *cs_shmem_kind_name(CsWorkerKind kind);
+
 #endif							/* CS_SHMEM_H */

@@ -39,22 +39,6 @@ snapshot_slots(void)
 	return copy;
 }
 
-static const char *
-kind_name(CsWorkerKind kind)
-{
-	switch (kind)
-	{
-		case CS_WORKER_CONSUMER:
-			return "consumer";
-		case CS_WORKER_PUBLISHER:
-			return "publisher";
-		case CS_WORKER_LAUNCHER:
-			return "launcher";
-		default:
-			return "none";
-	}
-}
-
 static Datum
 nullable_ts(TimestampTz ts, bool *isnull)
 {
@@ -79,7 +63,7 @@ worker_row(const CsWorkerSlot *s, Datum *v, bool *n)
 		if (s->partitions[p].high_watermark >= 0)
 			lag += Max(0, s->partitions[p].high_watermark - s->partitions[p].next_offset);
 	memset(n, 0, sizeof(bool) * WORKER_STATS_COLS);
-	v[0] = CStringGetTextDatum(kind_name(s->kind));
+	v[0] = CStringGetTextDatum(cs_shmem_kind_name(s->kind));
 	v[1] = CStringGetTextDatum(s->database);
 	v[2] = nullable_text(s->role, &n[2]);
 	v[3] = nullable_text(s->group_id, &n[3]);
@@ -243,7 +227,7 @@ health_row(const CsWorkerSlot *slots, int i, Datum *v, bool *n)
 	if (s->kind == CS_WORKER_CONSUMER && s->pid != 0)
 		is_short = cs_health_assignment_short(slots, i, &held, &total);
 	memset(n, 0, sizeof(bool) * WORKER_HEALTH_COLS);
-	v[0] = CStringGetTextDatum(kind_name(s->kind));
+	v[0] = CStringGetTextDatum(cs_shmem_kind_name(s->kind));
 	v[1] = CStringGetTextDatum(s->database);
 	v[2] = nullable_text(s->group_id, &n[2]);
 	v[3] = Int32GetDatum(s->pid);

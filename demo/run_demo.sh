@@ -131,11 +131,18 @@ wait_caches() {
     done
 }
 
+# version_of N: the event_version of citizen 1's Nth change (versions are
+# strictly increasing and clock-based, not 1, 2, 3)
+version_of() {
+    local n=$(( $1 - 1 ))
+    psql_db auth_db -tAc "SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id LIMIT 1 OFFSET $n"
+}
+
 # lag_of VERSION: event_timestamp (capture) -> applied, per cache, in ms
 lag_of() {
     local v=$1 ts ms
     ts=$(psql_db auth_db -tAc "SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox
-                               WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::int = $v")
+                               WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::bigint = $v")
     for s in "${SERVICES[@]}"; do
         ms=$(psql_db "${s}_db" -tAc "SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1)
                                      FROM cache.citizen_refs WHERE citizen_id = 1")
@@ -147,32 +154,32 @@ say "1. Maria Garcia registers (auth_db INSERT, one transaction with its outbox 
 psql_db auth_db -c "INSERT INTO public.citizens (name, email, phone, address, city, postal_code, email_verified, password_hash)
                     VALUES ('Maria Garcia', 'maria@example.gov', '+1-555-0100', '12 Elm St', 'Springfield', '12345', true, 'secret-hash')"
 psql_db auth_db -P footer=off -c "SELECT id, event_type, payload -> 'event_version'::text AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox"
-wait_caches "citizen_id = 1 AND event_version = 1"
-echo "measured lag (event captured -> applied in the cache):"; lag_of 1
+V1=$(version_of 1)
+wait_caches "citizen_id = 1 AND event_version = $V1"
+echo "measured lag (event captured -> applied in the cache):"; lag_of "$V1"
 
 say "2. Her phone changes to +1-555-0199"
 psql_db auth_db -c "UPDATE public.citizens SET phone = '+1-555-0199' WHERE id = 1"
-wait_caches "citizen_id = 1 AND event_version = 2"
-echo "measured lag:"; lag_of 2
+V2=$(version_of 2)
+wait_caches "citizen_id = 1 AND event_version = $V2"
+echo "measured lag:"; lag_of "$V2"
 
 say "3. Kafka redelivers the phone change (duplicate) and a late, older event arrives"
 # the phone change (citizen 1's latest outbox row) as the publisher sent it
-DUP=$(psql_db auth_db -tAc "SELECT (payload || pg_catalog.jsonb_build_object('event_type', 'citizen.updated',
-                                                                        'event_id', 'evt_' || id::text))::text
-                            FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1")
+DUP=$(psql_db auth_db -tAc "SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1")
 OLD='{"event_type":"citizen.updated","event_id":"evt_late_1","event_version":1,"event_timestamp":"2026-01-01T00:00:00.000Z","data":{"citizen_id":1,"snapshot":{"id":1,"name":"Maria Garcia","email":"maria@example.gov","phone":"+1-555-0000"}}}'
 printf 'citizen_1\t%s\ncitizen_1\t%s\n' "$DUP" "$OLD" | kcat -P -b "$BOOTSTRAP" -t gov.auth.citizen -K "$(printf '\t')"
 for s in "${SERVICES[@]}"; do
     poll "${s} to see both" 30 "${s}_db" "SELECT duplicate >= 1 AND stale >= 1 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'"
 done
-wait_caches "citizen_id = 1 AND event_version = 2"   # still version 2: the late version 1 lost
+wait_caches "citizen_id = 1 AND event_version = $V2"   # still the 2nd version: the late, older one lost
 echo "the duplicate was recognised by its event_id, the older version lost to the newer one:"
 psql_db permits_db -P footer=off -c "SELECT database, applied, stale, duplicate FROM citizen_sync.consumer_stats"
 
 say "4. Maria's account is deleted (soft delete in every cache)"
 psql_db auth_db -c "DELETE FROM public.citizens WHERE id = 1"
 wait_caches "citizen_id = 1 AND NOT is_active"
-echo "measured lag:"; lag_of 3
+echo "measured lag:"; lag_of "$(version_of 3)"
 
 say "Least privilege: the permits service may read the cache but not write it"
 psql_db permits_db -c "SET ROLE permits_service_user" -c "SELECT count(*) AS readable FROM cache.citizen_refs" 

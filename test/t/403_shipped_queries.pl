@@ -51,7 +51,8 @@ my $EXPORTER = 'cs_exporter';
 # variables as written).  Shell variables are replaced as listed in
 # %DEMO_VARS; a condition passed to wait_caches runs inside the demo's
 # EXISTS query.  Options: db, as (roles), skip (reason), ok_error.
-my %DEMO_VARS = ('${s}' => 'permits', '$s' => 'permits', '$v' => '2',
+my %DEMO_VARS = ('${s}' => 'permits', '$s' => 'permits', '$v' => '2', '$n' => '0',
+	'$V1' => '1', '$V2' => '2',
 	'$ts' => '2026-11-25T10:15:00.123Z', '$cond' => 'citizen_id = 1');
 my %DEMO = (
 	'CREATE DATABASE auth_db' => { skip => 'CREATE DATABASE evaluates no expression' },
@@ -66,7 +67,9 @@ my %DEMO = (
 	q{SELECT EXISTS (SELECT 1 FROM cache.citizen_refs WHERE $cond)} => {},
 	q{SELECT '${s}_db' AS cache, citizen_id AS id, name, phone, event_version AS version, is_active, (deleted_at IS NOT NULL) AS deleted FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
-	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::int = $v}
+	q{SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id LIMIT 1 OFFSET $n}
+	  => {},
+	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::bigint = $v}
 	  => {},
 	q{SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1) FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
@@ -75,7 +78,7 @@ my %DEMO = (
 	q{SELECT id, event_type, payload -> 'event_version'::text AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox}
 	  => {},
 	q{UPDATE public.citizens SET phone = '+1-555-0199' WHERE id = 1} => {},
-	q{SELECT (payload || pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', 'evt_' || id::text))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1}
+	q{SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1}
 	  => {},
 	q{SELECT duplicate >= 1 AND stale >= 1 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'} => {},
 	q{SELECT database, applied, stale, duplicate FROM citizen_sync.consumer_stats} => {},
@@ -87,8 +90,8 @@ my %DEMO = (
 	q{SELECT kind, database, role, state, partitions, applied, deleted, stale, duplicate, dead_lettered, published, lag FROM citizen_sync.worker_stats ORDER BY kind, database}
 	  => {},
 	# conditions of wait_caches
-	'citizen_id = 1 AND event_version = 1' => {},
-	'citizen_id = 1 AND event_version = 2' => {},
+	'citizen_id = 1 AND event_version = $V1' => {},
+	'citizen_id = 1 AND event_version = $V2' => {},
 	'citizen_id = 1 AND NOT is_active' => {},
 );
 

@@ -19,7 +19,7 @@
  *	3. it produces them with librdkafka's idempotent producer (acks=all),
  *	   topic topic_prefix || aggregate_type, key
  *	   <aggregate_type>_<aggregate_id>, value = payload plus event_type and
- *	   event_id ("evt_<id>"), and goes back to waiting.
+ *	   event_id ("evt_<id>_<created_at in microseconds>"), and goes back to waiting.
  *
  * Nothing waits for a report: with one broker down, the rows whose
  * partition it leads wait for theirs (they come at message.timeout.ms at

@@ -8,7 +8,7 @@
 # exits non-zero only if something breaks, or if the two end states differ).
 #
 # What it does, on a private instance (see lib.sh):
-#   1. gen_events.py writes EVENTS events over CITIZENS citizens, with DUP
+#   1. gen_events.pl writes EVENTS events over CITIZENS citizens, with DUP
 #      exact duplicates (same event_id resent) and STALE stale versions (an
 #      older version arriving after a newer one); COPY loads them into a
 #      staging table, grouped into arrays of BATCH events (not timed).
@@ -45,7 +45,7 @@ say "bench_apply: $EVENTS events over $CITIZENS citizens, batches of $BATCH"
 bench_machine
 
 say "generating the stream"
-python3 "$BENCH_DIR/gen_events.py" --events "$EVENTS" --citizens "$CITIZENS" \
+perl "$BENCH_DIR/gen_events.pl" --events "$EVENTS" --citizens "$CITIZENS" \
     --dup "$DUP" --stale "$STALE" --seed "$SEED" --out "$BENCH_TMP/events.tsv" 2>&1 | sed 's/^/    /'
 chown "$PGUSER_OS": "$BENCH_TMP/events.tsv"
 

@@ -6,7 +6,7 @@
 #
 # A benchmark, not a test: it prints figures, never asserts timings.
 #
-# 1. Throughput.  gen_events.py writes EVENTS events over CITIZENS citizens
+# 1. Throughput.  gen_events.pl writes EVENTS events over CITIZENS citizens
 #    (DUP exact duplicates, STALE stale versions); kcat -P -K'\t' pre-loads
 #    them into the embedded broker, topic gov.auth.citizen with PARTITIONS
 #    partitions (the mock broker keeps only 5 MiB per partition: 128 for 1M
@@ -69,7 +69,7 @@ say "bench_consumer: $EVENTS events over $CITIZENS citizens, $PARTITIONS partiti
 bench_machine
 
 say "generating the stream"
-python3 "$BENCH_DIR/gen_events.py" --events "$EVENTS" --citizens "$CITIZENS" \
+perl "$BENCH_DIR/gen_events.pl" --events "$EVENTS" --citizens "$CITIZENS" \
     --dup "$DUP" --stale "$STALE" --out "$BENCH_TMP/events.tsv" 2>&1 | sed 's/^/    /'
 chown "$PGUSER_OS": "$BENCH_TMP/events.tsv"
 

@@ -13,16 +13,15 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Node;
+
 my $clients      = 8;
 my $transactions = 60;    # per client
 
-my $node = PostgreSQL::Test::Cluster->new('capture_concurrency');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'citizen_sync'
-max_connections = 50
-});
-$node->start;
+my $node = CitizenSync::Node::new_plain_node('capture_concurrency',
+	conf => "max_connections = 50\n");
 
 $node->safe_psql('postgres', q{
 CREATE EXTENSION citizen_sync;

@@ -15,18 +15,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Check qw(poll_until);
+use CitizenSync::Node;
+
 # A broker address nothing listens on: the workers must stop at the version
 # check, before they ever talk to Kafka.
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'citizen_sync'
-citizen_sync.brokers = '127.0.0.1:9'
-citizen_sync.databases = 'old_db'
-citizen_sync.outbox_database = 'old_db'
-citizen_sync.restart_delay = '1s'
-});
-$node->start;
+my $node = CitizenSync::Node::new_old_db_node('upgrade');
 
 my $current = $node->safe_psql('postgres',
 	q{SELECT default_version FROM pg_available_extensions WHERE name = 'citizen_sync'});
@@ -93,7 +89,7 @@ SELECT string_agg(format('%s: %s', t, d), E'\n' ORDER BY t) FROM (
 my $before = $node->safe_psql('old_db', $data_sql);
 
 # --- the current library with a database at 0.1.0 -----------------------------
-$node->poll_query_until('old_db', q{
+poll_until($node, 'old_db', q{
 SELECT count(*) = 2 FROM citizen_sync.worker_stats
  WHERE state = 'waiting' AND last_error LIKE '%has citizen_sync 0.1.0 but the loaded library is%'
 }) or die 'the workers did not report the old version';
@@ -157,7 +153,7 @@ if ($upgraded ne $fresh)
 ok($upgraded eq $fresh, 'the updated schema equals a fresh install');
 
 # --- the workers start once the database is current -----------------------------
-$node->poll_query_until('old_db', q{
+poll_until($node, 'old_db', q{
 SELECT count(*) = 0 FROM citizen_sync.worker_stats
  WHERE last_error LIKE '%has citizen_sync 0.1.0%'
 }) or die 'the version error stayed after the update';

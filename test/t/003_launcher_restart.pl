@@ -16,16 +16,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('launcher_restart');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'citizen_sync'
-citizen_sync.brokers = '127.0.0.1:9'
-citizen_sync.databases = 'old_db'
-citizen_sync.outbox_database = 'old_db'
-citizen_sync.restart_delay = '1s'
-});
-$node->start;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Check qw(poll_until);
+use CitizenSync::Node;
+
+my $node = CitizenSync::Node::new_old_db_node('launcher_restart');
 $node->safe_psql('postgres', 'CREATE DATABASE old_db');
 $node->safe_psql('old_db', q{CREATE EXTENSION citizen_sync VERSION '0.1.0'});
 
@@ -33,7 +29,7 @@ my $waiting = q{
 SELECT count(*) = 2 FROM citizen_sync.worker_stats
  WHERE state = 'waiting' AND pid IS NOT NULL AND last_error LIKE '%has citizen_sync 0.1.0%'
 };
-$node->poll_query_until('old_db', $waiting) or die 'the workers did not start';
+poll_until($node, 'old_db', $waiting) or die 'the workers did not start';
 
 my %old = split /[|\n]/, $node->safe_psql('old_db',
 	q{SELECT kind, pid FROM citizen_sync.worker_stats ORDER BY kind});
@@ -43,10 +39,10 @@ ok($old{consumer} && $old{publisher} && $old_launcher, 'launcher, consumer and p
 
 # A cancel makes the launcher exit with an error; PostgreSQL restarts it.
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($old_launcher)");
-$node->poll_query_until('postgres',
+poll_until($node, 'postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'citizen_sync launcher' AND pid <> $old_launcher")
   or die 'the launcher was not restarted';
-$node->poll_query_until('old_db', qq{
+poll_until($node, 'old_db', qq{
 SELECT count(*) = 2 FROM citizen_sync.worker_stats
  WHERE state = 'waiting' AND pid NOT IN ($old{consumer}, $old{publisher})
    AND last_error LIKE '%has citizen_sync 0.1.0%'
@@ -69,7 +65,7 @@ like(slurp_file($node->logfile),
 # A reload that removes the publisher stops it: none runs without a slot.
 $node->append_conf('postgresql.conf', "citizen_sync.outbox_database = ''");
 $node->reload;
-$node->poll_query_until('old_db', q{
+poll_until($node, 'old_db', q{
 SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'citizen_sync publisher'
 }) or die 'a publisher still runs after it was removed';
 is($node->safe_psql('old_db', q{SELECT string_agg(kind, ',') FROM citizen_sync.worker_stats}),

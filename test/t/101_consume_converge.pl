@@ -12,28 +12,31 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 my $topic2 = 'gov.auth.citizen.v2';
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('consume_converge', $broker);
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('consume_converge', $broker);
 
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT count(*) = 1 FROM pg_stat_activity
  WHERE backend_type = 'citizen_sync consumer' AND datname = '$db'}),
 	"pg_stat_activity shows one backend of type 'citizen_sync consumer' in $db");
 
 # --- the stream ------------------------------------------------------------
-my $m = CitizenSyncTest::new_model(seed => 101);
-my $events = CitizenSyncTest::add_events(
+my $m = CitizenSync::Events::new_model(seed => 101);
+my $events = CitizenSync::Events::add_events(
 	$m,
 	citizens => [ 1 .. 400 ],
 	max_versions => 6,
@@ -69,21 +72,21 @@ cmp_ok(scalar(grep { !$_->{is_active} } values %{ $m->{expected} }),
 
 # Produce in three parts, so that batches and fetches split the stream.
 my $third = int(@$events / 3);
-CitizenSyncTest::produce($broker, $topic, [ @$events[ 0 .. $third - 1 ] ]);
-CitizenSyncTest::produce($broker, $topic, [ @$events[ $third .. 2 * $third - 1 ] ]);
-CitizenSyncTest::produce($broker, $topic, [ @$events[ 2 * $third .. $#$events ] ]);
-CitizenSyncTest::load_expected($node, $db, $m);
+$broker->produce($topic, [ @$events[ 0 .. $third - 1 ] ]);
+$broker->produce($topic, [ @$events[ $third .. 2 * $third - 1 ] ]);
+$broker->produce($topic, [ @$events[ 2 * $third .. $#$events ] ]);
+CitizenSync::Check::load_expected($node, $db, $m);
 
-CitizenSyncTest::wait_converged($node, $db,
+CitizenSync::Check::wait_converged($node, $db,
 	'the cache converges to the state the events imply');
-CitizenSyncTest::check_counts($node, $db, $c, citizens => 400,
+CitizenSync::Check::check_counts($node, $db, $c, citizens => 400,
 	label => 'first topic');
 is($node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events'),
 	$c->{distinct}, 'processed_events has one row per distinct event id');
 is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
 	0, 'nothing was dead-lettered');
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
-CitizenSyncTest::wait_assigned($node, $db, 4);
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic);
+CitizenSync::Check::wait_assigned($node, $db, 4);
 is( $node->safe_psql($db, qq{
 SELECT string_agg(topic || '/' || partition || ':' || next_offset || '/' || high_watermark || '/' || lag, ' ' ORDER BY partition)
   FROM citizen_sync.consumer_lag WHERE database = '$db'}),
@@ -99,36 +102,36 @@ SELECT has_table_privilege('permits_service_user', 'citizen_sync.consumer_stats'
 # --- reload with another topic --------------------------------------------
 my $ends_before = $broker->offsets($topic)->{partitions};
 my $started = $node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()');
-my $old_pid = CitizenSyncTest::consumer_pid($node, $db);
+my $old_pid = CitizenSync::Node::consumer_pid($node, $db);
 $broker->create_topic($topic2, 4);
 $node->append_conf('postgresql.conf', "citizen_sync.topics = '$topic2'\n");
 $node->reload;
 
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT count(*) FILTER (WHERE topic = '$topic2') = 4 AND count(*) = 4
   FROM citizen_sync.consumer_lag WHERE database = '$db'}),
 	'after the reload the consumer is assigned the 4 partitions of the new topic only');
-isnt(CitizenSyncTest::consumer_pid($node, $db), $old_pid,
+isnt(CitizenSync::Node::consumer_pid($node, $db), $old_pid,
 	'the consumer was restarted with the new settings');
 is($node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()'),
 	$started, 'the instance was not restarted');
 
 # An event on the old topic is no longer read.
-CitizenSyncTest::produce($broker, $topic, [ {
+$broker->produce($topic, [ {
 	key => 'citizen_1',
-	value => CitizenSyncTest::event_json(
+	value => CitizenSync::Events::event_json(
 		type => 'updated', event_id => 'evt_old_topic', citizen_id => 1,
-		version => 1000, snapshot => CitizenSyncTest::snapshot(1, 1000)) } ]);
+		version => 1000, snapshot => CitizenSync::Events::snapshot(1, 1000)) } ]);
 
 # Newer versions of half of the citizens and 100 new ones, on the new topic.
-my $events2 = CitizenSyncTest::add_events($m, citizens => [ 201 .. 500 ], tag => 'b');
-CitizenSyncTest::produce($broker, $topic2, $events2);
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db,
+my $events2 = CitizenSync::Events::add_events($m, citizens => [ 201 .. 500 ], tag => 'b');
+$broker->produce($topic2, $events2);
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db,
 	'the cache converges with the events of the new topic');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, citizens => 500,
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, citizens => 500,
 	label => 'both topics');
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic2,
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic2,
 	label => 'new topic');
 is( $node->safe_psql($db, qq{
 SELECT string_agg(partition || ':' || next_offset, ',' ORDER BY partition)

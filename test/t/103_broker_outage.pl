@@ -11,26 +11,29 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 
-my $broker = CitizenSyncTest::start_broker(brokers => 3, topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('broker_outage', $broker,
+my $broker = CitizenSync::Broker::start_broker(brokers => 3, topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('broker_outage', $broker,
 	extra => "citizen_sync.batch_size = 200\n");
 
-my $m = CitizenSyncTest::new_model(seed => 103);
-my $ev1 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 3000 ], tag => 'a');
-CitizenSyncTest::produce($broker, $topic, $ev1);
-ok($node->poll_query_until($db, 'SELECT count(*) > 500 FROM cache.processed_events'),
+my $m = CitizenSync::Events::new_model(seed => 103);
+my $ev1 = CitizenSync::Events::add_events($m, citizens => [ 1 .. 3000 ], tag => 'a');
+$broker->produce($topic, $ev1);
+ok(poll_until($node, $db, 'SELECT count(*) > 500 FROM cache.processed_events'),
 	'the consumer is applying the first stream');
-my $pid = CitizenSyncTest::consumer_pid($node, $db);
+my $pid = CitizenSync::Node::consumer_pid($node, $db);
 my $log_offset = -s $node->logfile;
 my $t_down = $node->safe_psql($db, 'SELECT now()');
 
@@ -39,46 +42,46 @@ $broker->down(-1);
 my $applied_at_down = $node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events');
 note("brokers down with $applied_at_down events applied");
 
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT last_error_at > '$t_down' AND last_error ~* 'kafka'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'consumer_stats.last_error reports the Kafka problem');
-my $s = CitizenSyncTest::consumer_stats($node, $db);
+my $s = CitizenSync::Check::consumer_stats($node, $db);
 note("during the outage: state $s->{state}, last_error: $s->{last_error}");
 note('applied during the outage so far (what was fetched before): '
 	  . $node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events'));
 
 # The outage lasts longer than the group session (session.timeout.ms=6000):
 # this is the length of the fault, not a synchronisation.
-ok($node->poll_query_until($db, qq{SELECT clock_timestamp() - '$t_down' > interval '8 s'}),
+ok(poll_until($node, $db, qq{SELECT clock_timestamp() - '$t_down' > interval '8 s'}),
 	'the brokers stay down for more than the session timeout');
 
 # Back up: the consumer catches up on its own.
 $broker->up(-1);
 # A second stream once the brokers are back (kcat gives up on brokers that
 # refuse connections, so it cannot queue messages during the outage).
-my $ev2 = CitizenSyncTest::add_events($m, citizens => [ 2001 .. 4000 ], tag => 'b');
-CitizenSyncTest::produce($broker, $topic, $ev2);
+my $ev2 = CitizenSync::Events::add_events($m, citizens => [ 2001 .. 4000 ], tag => 'b');
+$broker->produce($topic, $ev2);
 ok( $node->wait_for_log(
 		qr/session timed out.*citizen_sync: consumer for "$db" assigned 4 partition\(s\)/s,
 		$log_offset),
 	'the consumer lost its group session and was assigned its partitions again');
 
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db,
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db,
 	'after the outage the cache converges to the full expected state');
 
 # Count what the topic really holds (a producer retry could have written a
 # batch twice).
-my $expect = CitizenSyncTest::suffix_counts(CitizenSyncTest::positions($broker, $topic), {});
+my $expect = CitizenSync::Events::suffix_counts(CitizenSync::Broker::positions($broker, $topic), {});
 cmp_ok($expect->{total}, '>=', $m->{counts}{total}, 'the topic holds both streams');
-CitizenSyncTest::check_counts($node, $db, $expect, label => 'whole topic');
+CitizenSync::Check::check_counts($node, $db, $expect, label => 'whole topic');
 is($node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events'),
 	$m->{counts}{distinct}, 'processed_events has one row per distinct event id');
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic);
 is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
 	0, 'nothing was dead-lettered');
-is(CitizenSyncTest::consumer_pid($node, $db), $pid,
+is(CitizenSync::Node::consumer_pid($node, $db), $pid,
 	'the same consumer process rode out the outage');
 is($node->safe_psql($db, qq{
 SELECT state FROM citizen_sync.consumer_stats WHERE database = '$db'}),

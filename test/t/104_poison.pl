@@ -14,27 +14,30 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check;
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('poison', $broker,
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('poison', $broker,
 	extra => "citizen_sync.max_event_size = '2kB'\ncitizen_sync.batch_size = 100\n");
 
 # A valid event, as a base for the broken ones.
 sub good_json
 {
 	my ($cid, $v, %over) = @_;
-	return CitizenSyncTest::event_json(type => 'updated', event_id => "evt_poison_${cid}_$v",
+	return CitizenSync::Events::event_json(type => 'updated', event_id => "evt_poison_${cid}_$v",
 		citizen_id => $cid, version => $v,
-		snapshot => CitizenSyncTest::snapshot($cid, $v), %over);
+		snapshot => CitizenSync::Events::snapshot($cid, $v), %over);
 }
 
 my $good = good_json(9000, 1);
@@ -74,11 +77,11 @@ my $truncated = substr($good, 0, length($good) - 10);
 $node->safe_psql($db, q{
 ALTER TABLE cache.citizen_refs ADD CONSTRAINT test_no_evil CHECK (name IS DISTINCT FROM 'Evil Twin')});
 my %evil_v1 = (type => 'created', event_id => 'evt_evil_1', citizen_id => 8100, version => 1,
-	snapshot => CitizenSyncTest::snapshot(8100, 1), key => 'citizen_8100');
-$evil_v1{value} = CitizenSyncTest::event_json(%evil_v1);
-my $evil_v2 = CitizenSyncTest::event_json(type => 'updated', event_id => 'evt_evil_2',
+	snapshot => CitizenSync::Events::snapshot(8100, 1), key => 'citizen_8100');
+$evil_v1{value} = CitizenSync::Events::event_json(%evil_v1);
+my $evil_v2 = CitizenSync::Events::event_json(type => 'updated', event_id => 'evt_evil_2',
 	citizen_id => 8100, version => 2,
-	snapshot => { %{ CitizenSyncTest::snapshot(8100, 2) }, name => 'Evil Twin' });
+	snapshot => { %{ CitizenSync::Events::snapshot(8100, 2) }, name => 'Evil Twin' });
 
 # [name, key, value (undef = null), expected SQLSTATE]
 my @poison = (
@@ -108,9 +111,9 @@ cmp_ok(length($good), '<', 1024, 'a good event is smaller than 1kB');
 
 # Good events for the citizens whose keys the poison uses (same partitions),
 # and others; poison spread through the stream.
-my $m = CitizenSyncTest::new_model(seed => 104);
-my $events = CitizenSyncTest::add_events($m, citizens => [ 1 .. 300 ], tag => 'g');
-CitizenSyncTest::feed($m, \%evil_v1);
+my $m = CitizenSync::Events::new_model(seed => 104);
+my $events = CitizenSync::Events::add_events($m, citizens => [ 1 .. 300 ], tag => 'g');
+CitizenSync::Events::feed($m, \%evil_v1);
 my @first = (\%evil_v1, @$events[ 0 .. int(@$events / 2) - 1 ]);
 my @second = @$events[ int(@$events / 2) .. $#$events ];
 my @with_value = grep { defined $_->[2] } @poison;
@@ -120,15 +123,15 @@ for my $i (0 .. $#with_value)
 	my $list = ($i % 2 || $p->[3] eq '23514') ? \@second : \@first;
 	splice @$list, int(@$list * ($i + 1) / (@with_value + 1)), 0, [ $p->[1], $p->[2] ];
 }
-CitizenSyncTest::produce($broker, $topic, \@first);
+$broker->produce($topic, \@first);
 # a real Kafka tombstone: kcat -Z sends the empty value as null
-CitizenSyncTest::produce($broker, $topic,
+$broker->produce($topic,
 	[ map { [ $_->[1], '' ] } grep { !defined $_->[2] } @poison ],
 	kcat_args => ['-Z']);
-CitizenSyncTest::produce($broker, $topic, \@second);
+$broker->produce($topic, \@second);
 
 # Where each poison message landed.
-my $pos = CitizenSyncTest::positions($broker, $topic);
+my $pos = CitizenSync::Broker::positions($broker, $topic);
 my @dl;
 for my $p (@poison)
 {
@@ -146,11 +149,11 @@ for my $p (@poison)
 	push @dl, [ $name, $key, $value, $part, $msg->{offset}, $state ];
 }
 
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'every good event is applied around the poison');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, dead_lettered => scalar(@poison),
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'every good event is applied around the poison');
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, dead_lettered => scalar(@poison),
 	citizens => 300);
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic);
 
 # The dead letters are exactly the poison, byte for byte, where it was.
 $node->safe_psql($db, 'CREATE TABLE cs_test.poison (name text, message_key bytea, payload bytea,'

@@ -13,23 +13,26 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
-my $sync = $CitizenSyncTest::SYNC_ROLE;
+my $sync = $CitizenSync::Node::SYNC_ROLE;
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('least_privilege', $broker, setup => 0);
-CitizenSyncTest::setup_db($node, extension => 0);
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('least_privilege', $broker, setup => 0);
+CitizenSync::Node::setup_db($node, extension => 0);
 # a table in public, from before the roles
 $node->safe_psql($db, q{CREATE TABLE public.legacy (id bigint)});
-CitizenSyncTest::install_extension($node, $db);
+CitizenSync::Node::install_extension($node, $db);
 # the service's tables, in its schema: one the DBA creates (default
 # privileges apply), one the service user creates
 $node->safe_psql($db, q{
@@ -88,13 +91,13 @@ CREATE TRIGGER cs106_log_path AFTER INSERT OR UPDATE ON cache.citizen_refs
 });
 
 # --- applying as the sync user ---------------------------------------------
-my $m = CitizenSyncTest::new_model(seed => 106);
-my $ev1 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 300 ], tag => 'a');
-CitizenSyncTest::produce($broker, $topic, $ev1);
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache converges (first stream)');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'first stream');
-my $pid = CitizenSyncTest::consumer_pid($node, $db);
+my $m = CitizenSync::Events::new_model(seed => 106);
+my $ev1 = CitizenSync::Events::add_events($m, citizens => [ 1 .. 300 ], tag => 'a');
+$broker->produce($topic, $ev1);
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache converges (first stream)');
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, label => 'first stream');
+my $pid = CitizenSync::Node::consumer_pid($node, $db);
 my $log_offset = -s $node->logfile;
 my @paths = slurp_file($node->logfile) =~ /LOG:  cs106 applied as (.*)$/mg;
 ok(scalar(@paths), 'the consumer fired the logging trigger (' . scalar(@paths) . ' statements)');
@@ -104,13 +107,13 @@ $node->safe_psql($db, 'DROP TRIGGER cs106_log_path ON cache.citizen_refs');
 
 # Without INSERT on the cache every batch fails.
 $node->safe_psql($db, "REVOKE INSERT ON cache.citizen_refs FROM $sync");
-my $ev2 = CitizenSyncTest::add_events($m, citizens => [ 201 .. 500 ], tag => 'b');
-CitizenSyncTest::produce($broker, $topic, $ev2);
-ok( $node->poll_query_until($db, qq{
+my $ev2 = CitizenSync::Events::add_events($m, citizens => [ 201 .. 500 ], tag => 'b');
+$broker->produce($topic, $ev2);
+ok( poll_until($node, $db, qq{
 SELECT state = 'error' AND last_error ~ 'permission denied'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'consumer_stats shows the batch failing with permission denied');
-my $s = CitizenSyncTest::consumer_stats($node, $db);
+my $s = CitizenSync::Check::consumer_stats($node, $db);
 note("state $s->{state}, last_error: $s->{last_error}");
 like($s->{last_error}, qr/permission denied for table citizen_refs/,
 	'last_error names the table');
@@ -118,28 +121,28 @@ ok($node->log_contains(qr/ERROR:  permission denied for table citizen_refs/, $lo
 	'the server log has the error');
 is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
 	0, 'nothing is dead-lettered for a missing privilege');
-is($node->safe_psql($db, "SELECT count(*) FROM (" . CitizenSyncTest::mismatch_sql() . ") m"),
+is($node->safe_psql($db, "SELECT count(*) FROM (" . CitizenSync::Check::mismatch_sql() . ") m"),
 	0, 'the cache still holds exactly the first stream');
 is($node->safe_psql($db, q{SELECT count(*) FROM cache.processed_events WHERE event_id LIKE 'evt_b_%'}),
 	0, 'no event of the second stream is recorded as processed');
-is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the consumer process survives the failures');
-my $stored = CitizenSyncTest::stored_offsets($node, $db, $topic);
+is(CitizenSync::Node::consumer_pid($node, $db), $pid, 'the consumer process survives the failures');
+my $stored = CitizenSync::Check::stored_offsets($node, $db, $topic);
 my $ends = $broker->offsets($topic)->{partitions};
 ok(grep({ ($stored->{$_} // 0) < $ends->{$_}[1] } keys %$ends),
 	'the stored offsets did not move past the failing events');
 
 # Granted back: it catches up by itself, nothing lost.
 $node->safe_psql($db, "GRANT INSERT ON cache.citizen_refs TO $sync");
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'after GRANT the cache converges (both streams)');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'both streams');
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'after GRANT the cache converges (both streams)');
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, label => 'both streams');
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic);
 is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
 	0, 'still nothing dead-lettered');
-ok($node->poll_query_until($db, qq{
+ok(poll_until($node, $db, qq{
 SELECT state FROM citizen_sync.consumer_stats WHERE database = '$db'}, 'running'),
 	'the consumer is running again');
-is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the same consumer process caught up');
+is(CitizenSync::Node::consumer_pid($node, $db), $pid, 'the same consumer process caught up');
 is($node->safe_psql($db, 'SELECT count(*), min(kind) FROM permits.permits'),
 	'1|parking', 'permits.permits is untouched');
 

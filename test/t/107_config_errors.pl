@@ -11,33 +11,36 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
-my $good_databases = "$db:$CitizenSyncTest::SYNC_ROLE";
+my $good_databases = "$db:$CitizenSync::Node::SYNC_ROLE";
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('config_errors', $broker, setup => 0,
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('config_errors', $broker, setup => 0,
 	extra => "citizen_sync.restart_delay = 1\n");
 # the stats views are instance-wide: watch them from another database
 $node->safe_psql('postgres', 'CREATE EXTENSION citizen_sync');
 
 my $log_offset = -s $node->logfile;
-CitizenSyncTest::setup_db($node, extension => 0);
+CitizenSync::Node::setup_db($node, extension => 0);
 
 # Events wait in Kafka meanwhile.
-my $m = CitizenSyncTest::new_model(seed => 107);
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 1 .. 200 ], tag => 'a'));
+my $m = CitizenSync::Events::new_model(seed => 107);
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 1 .. 200 ], tag => 'a'));
 
 # --- no extension ----------------------------------------------------------
-ok( $node->poll_query_until('postgres', qq{
+ok( poll_until($node, 'postgres', qq{
 SELECT state = 'waiting' AND last_error ~ 'extension citizen_sync is not installed in database "$db"'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'without the extension the consumer is waiting and says why');
@@ -48,7 +51,7 @@ ok( $node->wait_for_log(
 
 # --- extension, but no role ------------------------------------------------
 $node->safe_psql($db, 'CREATE EXTENSION citizen_sync');
-ok( $node->poll_query_until('postgres', qq{
+ok( poll_until($node, 'postgres', qq{
 SELECT state = 'waiting' AND last_error ~ 'role "permits_sync_user" named in citizen_sync.databases does not exist'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'without the role the consumer is waiting and says why');
@@ -56,13 +59,13 @@ is($node->safe_psql($db, 'SELECT count(*) FROM cache.citizen_refs'), 0,
 	'nothing is applied meanwhile');
 
 $node->safe_psql($db, q{SELECT citizen_sync.create_service_roles('permits')});
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'once extension and role exist, the events are applied');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'first stream');
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'once extension and role exist, the events are applied');
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, label => 'first stream');
 is($node->safe_psql('postgres', qq{
 SELECT state || '/' || coalesce(last_error, '') FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'running/', 'the consumer is running and the waiting message is cleared');
-my $pid = CitizenSyncTest::consumer_pid($node, $db);
+my $pid = CitizenSync::Node::consumer_pid($node, $db);
 
 # --- an invalid citizen_sync.databases ----------------------------------------
 $log_offset = -s $node->logfile;
@@ -78,11 +81,11 @@ ok($node->wait_for_log(qr/configuration file ".*" contains errors; unaffected ch
 is($node->safe_psql('postgres', 'SHOW citizen_sync.databases'),
 	$good_databases, 'the old value is kept');
 
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 101 .. 300 ], tag => 'b'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the consumer goes on applying after the bad reload');
-is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the consumer was not restarted');
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 101 .. 300 ], tag => 'b'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the consumer goes on applying after the bad reload');
+is(CitizenSync::Node::consumer_pid($node, $db), $pid, 'the consumer was not restarted');
 ok(!$node->log_contains(qr/FATAL|PANIC|server process .* terminated/, $log_offset),
 	'no process failed because of the bad value');
 
@@ -93,16 +96,16 @@ $node->reload;
 # --- SIGTERM of the consumer ------------------------------------------------
 is($node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
 	'pg_terminate_backend on the consumer');
-ok( $node->poll_query_until('postgres', qq{
+ok( poll_until($node, 'postgres', qq{
 SELECT count(*) = 1 AND bool_and(pid <> $pid) FROM pg_stat_activity
  WHERE backend_type = 'citizen_sync consumer' AND datname = '$db'}),
 	'the launcher starts a new consumer');
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 250 .. 400 ], tag => 'c'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the new consumer resumes and the cache converges');
-CitizenSyncTest::check_counts($node, $db, $m->{counts}, label => 'all streams');
-CitizenSyncTest::check_offsets_at_end($node, $db, $broker, $topic);
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 250 .. 400 ], tag => 'c'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the new consumer resumes and the cache converges');
+CitizenSync::Check::check_counts($node, $db, $m->{counts}, label => 'all streams');
+CitizenSync::Check::check_offsets_at_end($node, $db, $broker, $topic);
 is($node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events'),
 	$m->{counts}{distinct}, 'processed_events has one row per distinct event id');
 

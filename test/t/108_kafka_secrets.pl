@@ -19,14 +19,17 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 
 # Secrets unique to this run, so that finding one can only mean a leak.
@@ -59,11 +62,11 @@ sub write_properties
 sub wait_new_consumer
 {
 	my ($node, $old_pid, $name) = @_;
-	ok( $node->poll_query_until('postgres', qq{
+	ok( poll_until($node, 'postgres', qq{
 SELECT count(*) = 1 AND bool_and(pid <> $old_pid) FROM pg_stat_activity
  WHERE backend_type = 'citizen_sync consumer' AND datname = '$db'}),
 		$name);
-	return CitizenSyncTest::consumer_pid($node, $db);
+	return CitizenSync::Node::consumer_pid($node, $db);
 }
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
@@ -77,10 +80,10 @@ ssl.key.password=$secret{a2}
 debug=conf
 EOF
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:2"]);
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:2"]);
 # log_statement = none as in production (the test framework logs every
 # statement; a secret typed in SQL is then logged whatever the extension does)
-my $node = CitizenSyncTest::new_node('kafka_secrets', $broker, extra => qq{
+my $node = CitizenSync::Node::new_node('kafka_secrets', $broker, extra => qq{
 log_statement = none
 citizen_sync.restart_delay = 1
 citizen_sync.kafka_properties_file = '$file'
@@ -89,12 +92,12 @@ $node->safe_psql('postgres', 'CREATE EXTENSION citizen_sync');
 $node->safe_psql('postgres', 'CREATE ROLE mon LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN');
 
 # --- secrets in the file: the consumer runs ---------------------------------
-my $m = CitizenSyncTest::new_model(seed => 108);
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 1 .. 100 ], tag => 'a'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the consumer runs with the secrets of the file');
-my $pid = CitizenSyncTest::consumer_pid($node, $db);
+my $m = CitizenSync::Events::new_model(seed => 108);
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 1 .. 100 ], tag => 'a'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the consumer runs with the secrets of the file');
+my $pid = CitizenSync::Node::consumer_pid($node, $db);
 no_secret_in_log($node, 'after start (librdkafka debug=conf included)');
 
 # --- not in pg_settings, SHOW or the views -----------------------------------
@@ -129,10 +132,10 @@ $pid = wait_new_consumer($node, $pid, 'a changed file plus a reload restarts the
 ok( $node->wait_for_log(
 		qr/citizen_sync: .*kafka CONFWARN: .*batch\.num\.messages is a producer property/, $offset),
 	'the new consumer uses the new content (librdkafka warns about its producer property)');
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 50 .. 150 ], tag => 'b'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'and applies events');
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 50 .. 150 ], tag => 'b'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'and applies events');
 no_secret_in_log($node, 'after a reload with a changed file');
 
 # ... and so does a new path
@@ -154,11 +157,11 @@ sub bad_file_reported
 			qr/WARNING:  citizen_sync: \Q$message\E\n.*DETAIL:  \S.*Running workers keep the configuration they started with.*\n.*HINT:  \S/,
 			$off),
 		"$what: WARNING naming file and line, with DETAIL and HINT");
-	ok( $node->poll_query_until('postgres', qq{
+	ok( poll_until($node, 'postgres', qq{
 SELECT state = 'running' AND last_error = '$message'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 		"$what: the running consumer goes on and shows the problem");
-	is(CitizenSyncTest::consumer_pid($node, $db), $pid, "$what: it was not restarted");
+	is(CitizenSync::Node::consumer_pid($node, $db), $pid, "$what: it was not restarted");
 	no_secret_in_log($node, $what);
 	return;
 }
@@ -175,7 +178,7 @@ $node->reload;
 ok($node->wait_for_log(qr/the Kafka properties file "\Q$file2\E" is usable again/, $offset),
 	'the fix is noticed on reload');
 $pid = wait_new_consumer($node, $pid, 'and the consumer restarts with the fixed file');
-ok( $node->poll_query_until('postgres', qq{
+ok( poll_until($node, 'postgres', qq{
 SELECT state = 'running' AND last_error IS NULL
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'the problem is cleared from consumer_stats');
@@ -185,7 +188,7 @@ SELECT state = 'running' AND last_error IS NULL
 write_properties($file2, 0644, "security.protocol=plaintext\nsasl.password=$secret{e}\n");
 $offset = -s $node->logfile;
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
-ok( $node->poll_query_until('postgres', qq{
+ok( poll_until($node, 'postgres', qq{
 SELECT state = 'waiting' AND last_error = 'Kafka properties file "$file2" has group or world access'
   FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'a file others can read: the consumer waits and says why');
@@ -196,19 +199,19 @@ ok( $node->wait_for_log(
 is($node->safe_psql('postgres', q{
 SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'citizen_sync consumer'}),
 	'0', 'no consumer runs meanwhile');
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 120 .. 200 ], tag => 'e'));
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 120 .. 200 ], tag => 'e'));
 chmod 0600, $file2;
 $offset = -s $node->logfile;
 $node->reload;
 ok($node->wait_for_log(qr/the Kafka properties file "\Q$file2\E" is usable again/, $offset),
 	'chmod 600 is noticed on reload');
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the consumer starts again and catches up');
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the consumer starts again and catches up');
 is($node->safe_psql('postgres', qq{
 SELECT state || '/' || coalesce(last_error, '') FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'running/', 'running, the problem cleared');
-$pid = CitizenSyncTest::consumer_pid($node, $db);
+$pid = CitizenSync::Node::consumer_pid($node, $db);
 no_secret_in_log($node, 'after the permission error');
 
 # --- kafka_properties refuses secrets ---------------------------------------
@@ -250,7 +253,7 @@ for my $case (
 no_secret_in_log($node, 'after the refused settings');
 ok(index(slurp_file($node->data_dir . '/postgresql.auto.conf'), $run) < 0,
 	'postgresql.auto.conf holds no secret');
-is(CitizenSyncTest::consumer_pid($node, $db), $pid, 'the consumer was not disturbed');
+is(CitizenSync::Node::consumer_pid($node, $db), $pid, 'the consumer was not disturbed');
 
 # --- control: why secrets are refused ----------------------------------------
 # PostgreSQL logs the new value of every setting a reload changes, flags or

@@ -15,26 +15,29 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 my $group = "$db-citizen-sync";
 my $stop_limit = 10;    # seconds; the promise is 3 s, this is the loose bound
 
-my $broker = CitizenSyncTest::start_broker(brokers => 3, topics => ["$topic:6"]);
+my $broker = CitizenSync::Broker::start_broker(brokers => 3, topics => ["$topic:6"]);
 my $leader = $broker->spread_leaders($topic, 6, 3);
 $broker->set_coordinator('group', $group, 3);
 my @healthy = grep { $leader->{$_} != 1 } sort keys %$leader;
 
-my $node = CitizenSyncTest::new_node('consumer_faults', $broker);
-my $m = CitizenSyncTest::new_model(seed => 109);
+my $node = CitizenSync::Node::new_node('consumer_faults', $broker);
+my $m = CitizenSync::Events::new_model(seed => 109);
 my $next_citizen = 1;
 
 # Produce events of 20 new citizens to one partition; returns their count.
@@ -43,10 +46,10 @@ sub produce_batch
 	my ($partition, $tag) = @_;
 	my @ids = ($next_citizen .. $next_citizen + 19);
 	$next_citizen += 20;
-	my $ev = CitizenSyncTest::add_events($m, citizens => \@ids, tag => $tag,
+	my $ev = CitizenSync::Events::add_events($m, citizens => \@ids, tag => $tag,
 		dup_ratio => 0, max_versions => 2);
 	# (no retention check: the broker's own watermark query waits for a downed leader)
-	CitizenSyncTest::produce($broker, $topic, $ev, partition => $partition,
+	$broker->produce($topic, $ev, partition => $partition,
 		check_retention => 0);
 	return scalar @$ev;
 }
@@ -56,22 +59,17 @@ sub converged_within
 {
 	my ($timeout) = @_;
 	my $start = time;
-	my $sql = 'SELECT count(*) FROM (' . CitizenSyncTest::mismatch_sql() . ') m';
+	my $sql = 'SELECT count(*) FROM (' . CitizenSync::Check::mismatch_sql() . ') m';
 
-	CitizenSyncTest::load_expected($node, $db, $m);
-	while (time - $start < $timeout)
-	{
-		return time - $start if $node->safe_psql($db, $sql) eq '0';
-		usleep(100_000);    # poll interval; the deadline is checked above
-	}
-	return undef;
+	CitizenSync::Check::load_expected($node, $db, $m);
+	return poll_until($node, $db, $sql, '0', $timeout) ? time - $start : undef;
 }
 
 # The consumer runs, holds all six partitions and applies events of each.
 sub consumer_flowing
 {
 	my ($label) = @_;
-	CitizenSyncTest::wait_assigned($node, $db, 6, "$label: six partitions assigned");
+	CitizenSync::Check::wait_assigned($node, $db, 6, "$label: six partitions assigned");
 	for my $p (0 .. 5) { produce_batch($p, "$label$p"); }
 	ok(defined converged_within(60), "$label: events of every partition applied");
 }
@@ -82,7 +80,7 @@ consumer_flowing('one down');
 my $t_down = $node->safe_psql($db, 'SELECT now()');
 $broker->down(1);
 # The consumer notices (its connection to broker 1 breaks) ...
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT last_error_at > '$t_down' FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'one down: the consumer reports the Kafka error');
 # ... and goes on with the partitions of brokers 2 and 3, several times.
@@ -95,16 +93,16 @@ for my $i (1 .. 3)
 		"one down: events on the healthy partitions applied (round $i)")
 	  and note(sprintf('one down: applied within %.2f s', $took));
 }
-CitizenSyncTest::stop_under_fault($node, $broker, 'one down', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $broker, 'one down', $stop_limit);
 
 # --- all brokers down --------------------------------------------------------
 consumer_flowing('all down');
 $t_down = $node->safe_psql($db, 'SELECT now()');
 $broker->down(-1);
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT last_error_at > '$t_down' FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'all down: the consumer reports the Kafka error');
-CitizenSyncTest::stop_under_fault($node, $broker, 'all down', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $broker, 'all down', $stop_limit);
 
 # --- high round-trip time ----------------------------------------------------
 consumer_flowing('rtt');
@@ -113,12 +111,12 @@ for my $p (0 .. 5) { produce_batch($p, "r.$p"); }
 my $took = converged_within(60);
 ok(defined $took, 'rtt 2 s: events still applied')
   and note(sprintf('rtt 2 s: applied within %.2f s', $took));
-CitizenSyncTest::stop_under_fault($node, $broker, 'rtt 2 s', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $broker, 'rtt 2 s', $stop_limit);
 
 # --- after all this, nothing lost --------------------------------------------
 consumer_flowing('after');
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache holds every event produced');
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache holds every event produced');
 
 $node->stop;
 $broker->stop;

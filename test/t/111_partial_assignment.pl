@@ -11,26 +11,29 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 my $conf = "citizen_sync.group_id = 'one-group'\n";
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:4"]);
-my $primary = CitizenSyncTest::new_node('partial_primary', $broker, extra => $conf);
-CitizenSyncTest::wait_assigned($primary, $db, 4, 'alone, the primary holds all 4 partitions');
-my $m = CitizenSyncTest::new_model(seed => 111);
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 1 .. 100 ], tag => 'a'));
-CitizenSyncTest::load_expected($primary, $db, $m);
-CitizenSyncTest::wait_converged($primary, $db, 'the primary caches everything');
-ok($primary->poll_query_until($db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:4"]);
+my $primary = CitizenSync::Node::new_node('partial_primary', $broker, extra => $conf);
+CitizenSync::Check::wait_assigned($primary, $db, 4, 'alone, the primary holds all 4 partitions');
+my $m = CitizenSync::Events::new_model(seed => 111);
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 1 .. 100 ], tag => 'a'));
+CitizenSync::Check::load_expected($primary, $db, $m);
+CitizenSync::Check::wait_converged($primary, $db, 'the primary caches everything');
+ok(poll_until($primary, $db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
 	'and is known fresh');
 is($primary->safe_psql($db, q{
 SELECT status || '/' || partial_assignment || '/' || topic_partitions || '/' || assigned_partitions
@@ -39,11 +42,11 @@ SELECT status || '/' || partial_assignment || '/' || topic_partitions || '/' || 
 
 # The clone joins the same group.
 my $log_offset = -s $primary->logfile;
-my $clone = CitizenSyncTest::new_node('partial_clone', $broker, extra => $conf);
+my $clone = CitizenSync::Node::new_node('partial_clone', $broker, extra => $conf);
 for my $n ([ 'primary', $primary ], [ 'clone', $clone ])
 {
 	my ($name, $node) = @$n;
-	ok( $node->poll_query_until($db, q{
+	ok( poll_until($node, $db, q{
 SELECT partial_assignment = 1 AND status = 'partial_assignment' AND assigned_partitions < 4
        AND topic_partitions = 4 AND fresh_as_of IS NULL
   FROM citizen_sync.worker_health WHERE kind = 'consumer'}),
@@ -57,19 +60,19 @@ ok( $primary->wait_for_log(
 	'the primary logs a WARNING naming the group');
 
 # They keep applying what they hold.
-my $more = CitizenSyncTest::add_events($m, citizens => [ 1 .. 100 ], tag => 'b');
-CitizenSyncTest::produce($broker, $topic, $more);
-ok( $primary->poll_query_until($db,
-		"SELECT (" . CitizenSyncTest::counted_sql($db) . ") > " . (0 + $m->{counts}{total} - @$more)),
+my $more = CitizenSync::Events::add_events($m, citizens => [ 1 .. 100 ], tag => 'b');
+$broker->produce($topic, $more);
+ok( poll_until($primary, $db,
+		"SELECT (" . CitizenSync::Check::counted_sql($db) . ") > " . (0 + $m->{counts}{total} - @$more)),
 	'the primary goes on applying the events of its partitions');
 
 # The clone stops: the primary holds all 4 again and is fresh once caught up.
 $log_offset = -s $primary->logfile;
 $clone->stop;
-CitizenSyncTest::wait_assigned($primary, $db, 4, 'after the clone stopped, the primary holds all 4');
-CitizenSyncTest::load_expected($primary, $db, $m);
-CitizenSyncTest::wait_converged($primary, $db, 'and converges to the whole stream');
-ok( $primary->poll_query_until($db, q{
+CitizenSync::Check::wait_assigned($primary, $db, 4, 'after the clone stopped, the primary holds all 4');
+CitizenSync::Check::load_expected($primary, $db, $m);
+CitizenSync::Check::wait_converged($primary, $db, 'and converges to the whole stream');
+ok( poll_until($primary, $db, q{
 SELECT status = 'ok' AND partial_assignment = 0 AND fresh_as_of IS NOT NULL
   FROM citizen_sync.worker_health WHERE kind = 'consumer'}),
 	'worker_health: ok again, fresh');

@@ -13,39 +13,42 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
-my $sync = $CitizenSyncTest::SYNC_ROLE;
+my $sync = $CitizenSync::Node::SYNC_ROLE;
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:1"]);
-my $node = CitizenSyncTest::new_node('error_context', $broker);
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:1"]);
+my $node = CitizenSync::Node::new_node('error_context', $broker);
 
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT count(*) = 1 FROM citizen_sync.consumer_stats WHERE database = '$db' AND state = 'running'}),
 	'the consumer runs');
 ok($node->log_contains(qr/LOG:  citizen_sync: consumer for database "$db" started \(pid \d+\)/),
 	'the consumer logged its start, naming its database');
 
-my $m = CitizenSyncTest::new_model(seed => 112);
-my $ev1 = CitizenSyncTest::add_events($m, citizens => [ 1 .. 20 ], tag => 'a');
-CitizenSyncTest::produce($broker, $topic, $ev1);
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache converges (first stream)');
+my $m = CitizenSync::Events::new_model(seed => 112);
+my $ev1 = CitizenSync::Events::add_events($m, citizens => [ 1 .. 20 ], tag => 'a');
+$broker->produce($topic, $ev1);
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache converges (first stream)');
 my $first_offset = $broker->offsets($topic)->{partitions}{0}[1];
 my $log_offset = -s $node->logfile;
 
 # --- a batch failing for a system reason -----------------------------------
 $node->safe_psql($db, "REVOKE INSERT ON cache.citizen_refs FROM $sync");
-my $ev2 = CitizenSyncTest::add_events($m, citizens => [ 101 .. 110 ], tag => 'b');
-CitizenSyncTest::produce($broker, $topic, $ev2);
-ok( $node->poll_query_until($db, q{
+my $ev2 = CitizenSync::Events::add_events($m, citizens => [ 101 .. 110 ], tag => 'b');
+$broker->produce($topic, $ev2);
+ok( poll_until($node, $db, q{
 SELECT count(*) > 0 FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
 	'worker_errors shows the failing batch with SQLSTATE 42501');
 my $row = $node->safe_psql($db, qq{
@@ -62,7 +65,7 @@ like($context,
 	'context names database, topic, partition, offset range and first event id');
 like($context, qr/citizen_sync consumer for database "$db"/, 'context names the worker');
 
-ok( $node->poll_query_until($db, q{
+ok( poll_until($node, $db, q{
 SELECT repeats >= 2 FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
 	'a retry of the same failure counts as a repeat');
 is($node->safe_psql($db, q{SELECT count(*) FROM citizen_sync.worker_errors WHERE sqlstate = '42501'}),
@@ -83,11 +86,11 @@ like($err, qr/permission denied/, 'PUBLIC does not');
 
 # --- back to normal; dead letters are logged ---------------------------------
 $node->safe_psql($db, "GRANT INSERT ON cache.citizen_refs TO $sync");
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'after GRANT the cache converges');
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'after GRANT the cache converges');
 $log_offset = -s $node->logfile;
 $broker->produce($topic, [ [ 'k', '{"not": "an event"' ] ]);
-ok($node->poll_query_until($db, 'SELECT count(*) = 1 FROM citizen_sync.dead_letters'),
+ok(poll_until($node, $db, 'SELECT count(*) = 1 FROM citizen_sync.dead_letters'),
 	'the broken message is dead-lettered');
 ok( $node->wait_for_log(
 		qr/LOG:  citizen_sync: consumer for database "$db" dead-lettered event "[^"]*" \(topic "$topic", partition 0, offset \d+\): invalid citizen event/,

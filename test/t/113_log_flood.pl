@@ -10,24 +10,27 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-use CitizenSyncTest;
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 
-my $broker = CitizenSyncTest::start_broker(brokers => 2, topics => ["$topic:4"]);
-my $node = CitizenSyncTest::new_node('log_flood', $broker);
-my $m = CitizenSyncTest::new_model(seed => 113);
+my $broker = CitizenSync::Broker::start_broker(brokers => 2, topics => ["$topic:4"]);
+my $node = CitizenSync::Node::new_node('log_flood', $broker);
+my $m = CitizenSync::Events::new_model(seed => 113);
 
-CitizenSyncTest::produce($broker, $topic, CitizenSyncTest::add_events($m, citizens => [ 1 .. 20 ], tag => 'a'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache converges');
+$broker->produce($topic, CitizenSync::Events::add_events($m, citizens => [ 1 .. 20 ], tag => 'a'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache converges');
 
 # The Kafka lines of the log since $offset: [ [what, text], ... ].
 sub kafka_lines
@@ -73,7 +76,7 @@ sub check_window
 my $offset = -s $node->logfile;
 $broker->down(-1);
 my $deadline = time + 12;
-ok( $node->poll_query_until($db, q{
+ok( poll_until($node, $db, q{
 SELECT count(*) > 0 FROM citizen_sync.worker_errors WHERE source = 'kafka'}),
 	'worker_errors keeps the Kafka errors');
 select(undef, undef, undef, 0.2) while time < $deadline;    # a window of 12 s of outage
@@ -85,11 +88,11 @@ $offset = -s $node->logfile;
 $broker->push_errors(8, 27, 500);    # OffsetCommit -> REBALANCE_IN_PROGRESS
 for my $i (1 .. 8)
 {
-	CitizenSyncTest::produce($broker, $topic,
-		CitizenSyncTest::add_events($m, citizens => [ 20 * $i + 1 .. 20 * $i + 20 ], tag => "c$i"));
+	$broker->produce($topic,
+		CitizenSync::Events::add_events($m, citizens => [ 20 * $i + 1 .. 20 * $i + 20 ], tag => "c$i"));
 }
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache converges while commits fail');
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache converges while commits fail');
 check_window('commits refused', kafka_lines($offset));
 $broker->clear_errors;
 

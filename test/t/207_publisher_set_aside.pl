@@ -31,10 +31,13 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Events qw(:all);
+use CitizenSync::Check qw(:all);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
 
 my $kafka = start_broker(topics => ["$TOPIC:1"]);
 # linger.ms=20: the rows a round produces at once make one record batch.

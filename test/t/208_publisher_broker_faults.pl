@@ -16,12 +16,13 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
-use CitizenSyncE2E qw(:all);
-use CitizenSyncTest ();
+use Time::HiRes qw(time);
 
 my $stop_limit = 10;    # seconds; the promise is 3 s, this is the loose bound
 my $kafka = start_broker(brokers => 3, topics => ["$TOPIC:6"]);
@@ -53,20 +54,20 @@ sub healthy_within
 	my $start = time;
 	my $n = scalar @healthy;
 
-	while (time - $start < $timeout)
-	{
-		my $done = 1;
-		for my $db (@SERVICE_DBS)
-		{
-			my $got = query_or_undef($node, $db, qq{
+	my $done = poll_until(
+		$timeout,
+		sub {
+			for my $db (@SERVICE_DBS)
+			{
+				my $got = query_or_undef($node, $db, qq{
 SELECT count(*) FROM cache.citizen_refs
  WHERE citizen_id IN ($healthy_list) AND city = '$city'});
-			$done = 0 unless defined $got && $got == $n;
-		}
-		return time - $start if $done;
-		usleep(100_000);    # poll interval; the deadline is checked above
-	}
-	return undef;
+				return 0 unless defined $got && $got == $n;
+			}
+			return 1;
+		},
+		100);
+	return $done ? time - $start : undef;
 }
 
 
@@ -87,7 +88,7 @@ SELECT count(*) FROM citizen_sync.outbox
 	}),
 	'one down: the outbox rows of the healthy citizens are marked published');
 cmp_ok(pending_count($node), '>', 0, 'one down: the rows of broker 1 wait');
-CitizenSyncTest::stop_under_fault($node, $kafka, 'one down', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $kafka, 'one down', $stop_limit);
 wait_outbox_drained($node, 60, 'one down: everything published once broker 1 is back');
 
 # --- all brokers down --------------------------------------------------------
@@ -95,7 +96,7 @@ $kafka->down(-1);
 $node->safe_psql('auth_db', "UPDATE citizens SET city = 'All down'");
 ok(poll_until(20, sub { (publisher_stats($node) // {})->{last_error} }),
 	'all down: the publisher reports the outage');
-CitizenSyncTest::stop_under_fault($node, $kafka, 'all down', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $kafka, 'all down', $stop_limit);
 wait_outbox_drained($node, 60, 'all down: everything published once the brokers are back');
 
 # --- high round-trip time ----------------------------------------------------
@@ -105,7 +106,7 @@ my $took = healthy_within('Slow', 60);
 ok(defined $took, 'rtt 2 s: changes still delivered')
   and note(sprintf('rtt 2 s: applied within %.2f s', $took));
 $node->safe_psql('auth_db', "UPDATE citizens SET city = 'Slow 2'");
-CitizenSyncTest::stop_under_fault($node, $kafka, 'rtt 2 s', $stop_limit);
+CitizenSync::Node::stop_under_fault($node, $kafka, 'rtt 2 s', $stop_limit);
 
 # --- nothing lost, nothing reordered -----------------------------------------
 wait_outbox_drained($node, 60, 'everything published at the end');

@@ -10,10 +10,12 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
 
 my $kafka = start_broker();
 my $node = start_pipeline('heal', $kafka, conf => "citizen_sync.restart_delay = 1s\n");

@@ -14,14 +14,16 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use File::Spec;
 use HTTP::Tiny;
 use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
-use CitizenSyncShipped;
+use CitizenSync::Shipped;
 
 my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
 my $mon = "$root/monitoring";
@@ -119,7 +121,7 @@ SKIP:
 
 	# The exporter's role, as docs/operations.md creates it.
 	my @setup = grep { /\bcitizen_sync_exporter\b/ } map { @{ $_->{statements} } }
-	  grep { $_->{file} eq 'docs/operations.md' } CitizenSyncShipped::doc_blocks($root);
+	  grep { $_->{file} eq 'docs/operations.md' } CitizenSync::Shipped::doc_blocks($root);
 	ok(scalar(@setup), 'docs/operations.md sets up the exporter role');
 	$node->safe_psql('postgres', s/\bcitizen_sync_exporter\b/cs_exporter/gr) for @setup;
 	$node->safe_psql('permits_db', 'CREATE EXTENSION dblink');
@@ -138,7 +140,7 @@ DELETE FROM citizens WHERE id IN (28, 29, 30);
 	$kafka->produce($TOPIC, [ [ 'citizen_1', '{not json' ] ]);
 	for my $db (@SERVICE_DBS)
 	{
-		ok( $node->poll_query_until($db,
+		ok( poll_until($node, $db,
 				"SELECT dead_lettered FROM citizen_sync.consumer_stats WHERE database = '$db'", '1'),
 			"the poison message was dead-lettered in $db");
 	}
@@ -151,7 +153,7 @@ DELETE FROM citizens WHERE id IN (28, 29, 30);
 	# Lag is measured against the watermark: wait until it is known and 0.
 	for my $db (@SERVICE_DBS)
 	{
-		ok( $node->poll_query_until($db, qq{
+		ok( poll_until($node, $db, qq{
 SELECT count(*) = 4 AND bool_and(lag = 0) FROM citizen_sync.consumer_lag WHERE database = '$db'}),
 			"$db: 4 partitions, lag 0");
 	}

@@ -18,11 +18,13 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use Time::HiRes qw(time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
 
 my $db = 'permits_db';
 my $kafka = start_broker();
@@ -52,7 +54,7 @@ sub restart_consumer
 	my $old = $node->safe_psql('postgres', qq{
 SELECT pid FROM pg_stat_activity WHERE backend_type = 'citizen_sync consumer' AND datname = '$db'});
 	$node->safe_psql('postgres', "SELECT pg_terminate_backend($old)");
-	ok( $node->poll_query_until('postgres', qq{
+	ok( poll_until($node, 'postgres', qq{
 SELECT count(*) = 1 FROM pg_stat_activity
  WHERE backend_type = 'citizen_sync consumer' AND datname = '$db' AND pid <> $old}),
 		"$label: the consumer of $db restarted");
@@ -87,10 +89,10 @@ cmp_ok($node->safe_psql($db, 'SELECT count(*) FROM cache.processed_events'), '>=
 restart_consumer('run at start');
 # (the events applied just before may still be younger than 1 s: only the
 # old rows are certain to go at this run)
-ok( $node->poll_query_until($db,
+ok( poll_until($node, $db,
 		q{SELECT count(*) FROM cache.processed_events WHERE event_id LIKE 'evt_a_old_%'}, '0'),
 	'at start, the processed events older than 1 s were deleted');
-ok( $node->poll_query_until($db,
+ok( poll_until($node, $db,
 		q{SELECT count(*) FROM citizen_sync.dead_letters WHERE resolved_at IS NOT NULL}, '0'),
 	'at start, the dead letter resolved an hour ago was deleted');
 is($node->safe_psql($db, $dead_sql), 'evt_a_unresolved_new,evt_a_unresolved_old',
@@ -125,7 +127,7 @@ is($node->safe_psql($db, qq{
 SELECT count(*) FROM cache.processed_events WHERE event_id = '$first->{event}{event_id}'}),
 	'0', "the id of $first->{event}{event_id} was forgotten");
 $kafka->produce($TOPIC, [ [ $first->{key}, $first->{value} ] ]);
-ok( $node->poll_query_until($db,
+ok( poll_until($node, $db,
 		"SELECT stale FROM citizen_sync.consumer_stats WHERE database = '$db'", $stale0 + 1),
 	'the redelivered event is counted stale');
 is( $node->safe_psql($db, q{
@@ -135,12 +137,12 @@ SELECT event_version || '|' || name || '|' || updated_at FROM cache.citizen_refs
 # --- 4. retention 0 keeps rows forever ------------------------------------------
 $node->append_conf('postgresql.conf', "citizen_sync.processed_events_retention = 0\n");
 $node->reload;
-ok($node->poll_query_until($db, 'SHOW citizen_sync.processed_events_retention', '0'),
+ok(poll_until($node, $db, 'SHOW citizen_sync.processed_events_retention', '0'),
 	'processed_events_retention reloaded to 0');
 add_rows('c');
 restart_consumer('retention 0');
 # The resolved dead letter disappearing shows that a run happened.
-ok( $node->poll_query_until($db,
+ok( poll_until($node, $db,
 		q{SELECT count(*) FROM citizen_sync.dead_letters WHERE resolved_at IS NOT NULL}, '0'),
 	'a run happened (the resolved dead letter was deleted)');
 is( $node->safe_psql($db, q{

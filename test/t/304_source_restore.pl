@@ -24,11 +24,12 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
-use CitizenSyncTest ();
 
 my $kafka = start_broker();
 my $node = start_pipeline('restore', $kafka, conf => "citizen_sync.restart_delay = 1s\n");
@@ -39,7 +40,7 @@ sub drops
 	my %d;
 	for my $db (@SERVICE_DBS)
 	{
-		my $s = CitizenSyncTest::consumer_stats($node, $db);
+		my $s = CitizenSync::Check::consumer_stats($node, $db);
 		$d{$db} = "$s->{stale}|$s->{duplicate}";
 	}
 	return \%d;

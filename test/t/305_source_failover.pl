@@ -21,12 +21,12 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(start_broker setup_auth_db source_conninfo drift poll_until
-  wait_outbox_drained wait_cache_equals_source);
-use CitizenSyncTest ();
 
 my $kafka = start_broker();
 my $bootstrap = $kafka->bootstrap;
@@ -43,12 +43,12 @@ log_line_prefix = '%m [%p] %b '
 $primary->start;
 setup_auth_db($primary);
 
-my $service = CitizenSyncTest::new_node('service', $kafka);
+my $service = CitizenSync::Node::new_node('service', $kafka);
 my $db = 'permits_db';
 
 sub drops
 {
-	my $s = CitizenSyncTest::consumer_stats($service, $db);
+	my $s = CitizenSync::Check::consumer_stats($service, $db);
 	return "stale $s->{stale}, duplicate $s->{duplicate}";
 }
 
@@ -74,10 +74,10 @@ $primary->wait_for_catchup($standby);
 # receiver), then pause replay.
 $standby->safe_psql('postgres', "ALTER SYSTEM SET primary_conninfo = ''");
 $standby->reload;
-ok($standby->poll_query_until('postgres', 'SELECT count(*) = 0 FROM pg_stat_wal_receiver'),
+ok(poll_until($standby, 'postgres', 'SELECT count(*) = 0 FROM pg_stat_wal_receiver'),
 	'the standby receives no more WAL');
 $standby->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
-ok($standby->poll_query_until('postgres',
+ok(poll_until($standby, 'postgres',
 		q{SELECT pg_get_wal_replay_pause_state() = 'paused'}),
 	'replay on the standby is paused');
 is($standby->safe_psql('postgres', 'SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE \'citizen_sync%\''),

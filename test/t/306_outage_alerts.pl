@@ -10,13 +10,15 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use File::Spec;
 use HTTP::Tiny;
 use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
 
 my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
 my $queries = "$root/monitoring/postgres_exporter_queries.yaml";

@@ -24,12 +24,12 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Node;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncTest;
 
-my $node = CitizenSyncTest::new_plain_node('capture_guards');
+my $node = CitizenSync::Node::new_plain_node('capture_guards');
 
 $node->safe_psql('postgres', q{
 CREATE ROLE auth_app LOGIN;
@@ -43,7 +43,7 @@ CREATE DATABASE plain_db;
 sub run_sql
 {
 	my ($db, $sql, $as_app) = @_;
-	return CitizenSyncTest::run_sql($node, $db, $sql, $as_app ? (user => 'auth_app') : ());
+	return CitizenSync::Node::run_sql($node, $db, $sql, $as_app ? (user => 'auth_app') : ());
 }
 
 # A database where auth_app owns public.citizens, captured with its

@@ -1,7 +1,7 @@
 # Every query citizen_sync ships or documents is immune to objects planted in
 # public.
 #
-# The queries are extracted from the shipped files (CitizenSyncShipped:
+# The queries are extracted from the shipped files (CitizenSync::Shipped:
 # monitoring/*.yaml, README.md, docs/*.md, demo/run_demo.sh); what the test
 # cannot take verbatim (shell variables, placeholders, other programs) is in
 # the manifest below, and a shipped statement missing from it (or an entry
@@ -29,12 +29,14 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Check qw(:all);
 use File::Spec;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
-use CitizenSyncShipped;
+use CitizenSync::Shipped;
 
 my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
 my $SAFE = 'SET search_path = pg_catalog, pg_temp;';    # the test's own queries
@@ -162,14 +164,14 @@ DELETE FROM citizens WHERE id = 130;
 wait_outbox_drained($node, 60);
 wait_caches_converged($node, 90);
 $kafka->produce($TOPIC, [ [ 'citizen_1', '{not json' ] ]);
-ok( $node->poll_query_until('permits_db',
+ok( poll_until($node, 'permits_db',
 		q{SELECT count(*) > 0 FROM citizen_sync.dead_letters WHERE resolved_at IS NULL}),
 	'a dead letter in permits_db');
 $node->safe_psql('permits_db', 'CREATE EXTENSION dblink');
 my $auth_conninfo = sprintf('host=%s port=%d dbname=auth_db', $node->host, $node->port);
 $node->safe_psql('permits_db',
 	"SELECT count(*) FROM citizen_sync.consistency_check('$auth_conninfo', '0 seconds')");
-ok($node->poll_query_until('permits_db', q{SELECT count(*) > 0 FROM citizen_sync.sync_latency}),
+ok(poll_until($node, 'permits_db', q{SELECT count(*) > 0 FROM citizen_sync.sync_latency}),
 	'latency histogram rows');
 # A database without the extension, for statements that install it.
 $node->safe_psql('postgres', 'CREATE DATABASE scratch_db');
@@ -186,7 +188,7 @@ my @DBS = qw(auth_db permits_db scratch_db);
 # The exporter's role, created as docs/operations.md says (renamed, so that
 # the documented statement itself can run below), with the default
 # search_path whatever the documentation adds for defence in depth.
-my @blocks = CitizenSyncShipped::doc_blocks($root);
+my @blocks = CitizenSync::Shipped::doc_blocks($root);
 my @exporter_setup = grep { /\bcitizen_sync_exporter\b/ && /^\s*(CREATE|ALTER|GRANT)\s+ROLE\b|^\s*GRANT\b/i }
   map { @{ $_->{statements} } } grep { $_->{file} eq 'docs/operations.md' } @blocks;
 ok(scalar(grep { /^\s*CREATE ROLE citizen_sync_exporter\b/ } @exporter_setup),
@@ -210,11 +212,11 @@ sub add_unit
 {
 	my (%u) = @_;
 	$u{as} //= [$SUPER];
-	$u{analyze} //= [ grep { CitizenSyncShipped::normalize($_) =~ /$ANALYZABLE/ } @{ $u{run} } ];
+	$u{analyze} //= [ grep { CitizenSync::Shipped::normalize($_) =~ /$ANALYZABLE/ } @{ $u{run} } ];
 	# statements that run before an analyzed one (CREATE EXTENSION, ...)
-	$u{prelude} //= [ grep { my $n = CitizenSyncShipped::normalize($_); $n =~ /$UTILITY/ && $n !~ /^SHOW\b/i }
+	$u{prelude} //= [ grep { my $n = CitizenSync::Shipped::normalize($_); $n =~ /$UTILITY/ && $n !~ /^SHOW\b/i }
 		  @{ $u{run} } ];
-	for my $s (map { CitizenSyncShipped::normalize($_) } @{ $u{run} })
+	for my $s (map { CitizenSync::Shipped::normalize($_) } @{ $u{run} })
 	{
 		next if $s =~ /$ANALYZABLE/ || $s =~ /$UTILITY/ || $s =~ /^\s*DO\b/;
 		# CREATE TABLE: only constant defaults (bigserial's is bound by OID)
@@ -239,13 +241,13 @@ sub fill_docs
 sub has_placeholder
 {
 	my ($sql) = @_;
-	my $code = join '', map { $_->[0] eq 'code' ? $_->[1] : "''" } CitizenSyncShipped::_lex_sql($sql);
+	my $code = join '', map { $_->[0] eq 'code' ? $_->[1] : "''" } CitizenSync::Shipped::_lex_sql($sql);
 	return $code =~ /\.\.\.|\x{2026}/;
 }
 
 # monitoring/*.yaml: every exporter query, as the exporter's role, in the
 # database the exporter is pointed at and in an auto-discovered one.
-my @exporter = CitizenSyncShipped::exporter_queries($root);
+my @exporter = CitizenSync::Shipped::exporter_queries($root);
 cmp_ok(scalar(@exporter), '>=', 9, 'exporter queries found: ' . join(', ', map { $_->{name} } @exporter));
 for my $q (@exporter)
 {
@@ -257,7 +259,7 @@ for my $q (@exporter)
 }
 # (the statements of a file's comments run one after the other: one unit)
 my %comment_sql;
-push @{ $comment_sql{ $_->{file} } }, $_->{sql} for CitizenSyncShipped::yaml_comment_statements($root);
+push @{ $comment_sql{ $_->{file} } }, $_->{sql} for CitizenSync::Shipped::yaml_comment_statements($root);
 for my $file (sort keys %comment_sql)
 {
 	add_unit(id => "$file (comments)", db => 'permits_db', run => $comment_sql{$file});
@@ -269,7 +271,7 @@ for my $b (@blocks)
 	my $id = "$b->{file}:$b->{line} ($b->{lang})";
 	if ($b->{lang} eq 'plpgsql')
 	{
-		my $key = CitizenSyncShipped::normalize($b->{text});
+		my $key = CitizenSync::Shipped::normalize($b->{text});
 		my $m = $FRAGMENTS{$key};
 		$seen_manifest{"fragment:$key"} = 1;
 		ok($m, "$id: the PL/pgSQL fragment is in the manifest") or diag($key), next;
@@ -281,7 +283,7 @@ for my $b (@blocks)
 	my (@run, @analyze, %opt);
 	for my $s (@{ $b->{statements} })
 	{
-		my $key = CitizenSyncShipped::normalize($s);
+		my $key = CitizenSync::Shipped::normalize($s);
 		my $m = $DOCS{$key} // {};
 		$seen_manifest{"doc:$key"} = 1 if $DOCS{$key};
 		if ($m->{skip})
@@ -291,7 +293,7 @@ for my $b (@blocks)
 		}
 		my $sql = fill_docs($m->{run} // $s);
 		ok(!has_placeholder($sql), "$id: runnable as written or in the manifest: $key") or next;
-		if (CitizenSyncShipped::normalize($sql) =~ $NO_TX)
+		if (CitizenSync::Shipped::normalize($sql) =~ $NO_TX)
 		{
 			note("$id: not run: $key (cannot run in a transaction; evaluates no expression)");
 			next;
@@ -306,9 +308,9 @@ for my $b (@blocks)
 }
 
 # demo/run_demo.sh
-for my $d (CitizenSyncShipped::demo_strings($root))
+for my $d (CitizenSync::Shipped::demo_strings($root))
 {
-	my $key = CitizenSyncShipped::normalize($d->{text});
+	my $key = CitizenSync::Shipped::normalize($d->{text});
 	my $m = $DEMO{$key};
 	my $id = "$d->{file}:$d->{line}";
 	ok($m, "$id: the demo's SQL is in the manifest: $key") or next;
@@ -433,7 +435,7 @@ ROLLBACK;
 	{
 		my ($k, $sql) = @$it;
 		$res{$k} = defined $body{$k}
-		  ? { calls => [ CitizenSyncShipped::calls_in_tree(CitizenSyncShipped::parse_node_tree($body{$k})) ],
+		  ? { calls => [ CitizenSync::Shipped::calls_in_tree(CitizenSync::Shipped::parse_node_tree($body{$k})) ],
 			objects => $objects{$k} // {} }
 		  : { error => "cannot parse as $role in $db: " . ($errors{$k} // '(no error)') . "\n$sql\n" };
 	}
@@ -657,7 +659,7 @@ my $log_offset = -s $node->logfile;
 $node->safe_psql('auth_db', qq{$SAFE UPDATE public.citizens SET city = 'Ogdenville' WHERE id = 2});
 for my $db (@SERVICE_DBS)
 {
-	ok( $node->poll_query_until($db, q{
+	ok( poll_until($node, $db, q{
 SELECT city::text OPERATOR(pg_catalog.=) 'Ogdenville' FROM cache.citizen_refs
  WHERE citizen_id OPERATOR(pg_catalog.=) 2}),
 		"$db: a change made after planting is applied");

@@ -10,12 +10,13 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
+use CitizenSync::Check qw(poll_until);
 use File::Spec;
 use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncShipped;
+use CitizenSync::Shipped;
 
 my $root = File::Spec->rel2abs("$FindBin::RealBin/../..");
 my $db = 'permits_db';
@@ -47,7 +48,7 @@ INSERT INTO public.citizens VALUES (1, 'Maria Garcia', 'maria@example.gov');
 # The role as the documentation creates it.
 my @setup = grep { /\bcitizen_sync_exporter\b/ }
   map { @{ $_->{statements} } }
-  grep { $_->{file} eq 'docs/operations.md' } CitizenSyncShipped::doc_blocks($root);
+  grep { $_->{file} eq 'docs/operations.md' } CitizenSync::Shipped::doc_blocks($root);
 ok(scalar(grep { /^\s*CREATE ROLE citizen_sync_exporter\b.*\bLOGIN\b/ } @setup),
 	'docs/operations.md creates a login role for the exporter')
   or diag(explain(\@setup));
@@ -63,7 +64,7 @@ sub exporter_psql
 }
 
 # --- what it may do --------------------------------------------------------
-for my $q (CitizenSyncShipped::exporter_queries($root))
+for my $q (CitizenSync::Shipped::exporter_queries($root))
 {
 	my ($rc, $out, $err) = exporter_psql($q->{sql});
 	is($rc, 0, "the exporter runs query $q->{name}") or diag($err);
@@ -120,7 +121,7 @@ my ($bout, $berr) = ('', '');
 my $busy = IPC::Run::start(
 	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr($db), '-c', "SELECT pg_sleep(300) /* $marker */" ],
 	'>', \$bout, '2>', \$berr);
-ok( $node->poll_query_until($db,
+ok( poll_until($node, $db,
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%$marker%' AND pid <> pg_backend_pid()"),
 	'another session runs a query holding personal data');
 ($rc, $out, $err) = exporter_psql(q{SELECT string_agg(coalesce(query, '<null>'), ' | ') FROM pg_stat_activity});

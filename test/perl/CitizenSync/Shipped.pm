@@ -2,19 +2,19 @@
 
 =head1 NAME
 
-CitizenSyncShipped - every SQL statement citizen_sync ships or documents,
+CitizenSync::Shipped - every SQL statement citizen_sync ships or documents,
 and what a statement resolves to, for the 4xx security tests
 
 =head1 SYNOPSIS
 
-  use CitizenSyncShipped;
+  use CitizenSync::Shipped;
 
-  my @q = CitizenSyncShipped::exporter_queries($root);   # monitoring/*.yaml
-  my @b = CitizenSyncShipped::doc_blocks($root);         # README.md, docs/*.md
-  my @d = CitizenSyncShipped::demo_strings($root);       # demo/run_demo.sh
+  my @q = CitizenSync::Shipped::exporter_queries($root);   # monitoring/*.yaml
+  my @b = CitizenSync::Shipped::doc_blocks($root);         # README.md, docs/*.md
+  my @d = CitizenSync::Shipped::demo_strings($root);       # demo/run_demo.sh
 
-  my $tree = CitizenSyncShipped::parse_node_tree($prosqlbody_text);
-  my @calls = CitizenSyncShipped::calls_in_tree($tree);
+  my $tree = CitizenSync::Shipped::parse_node_tree($prosqlbody_text);
+  my @calls = CitizenSync::Shipped::calls_in_tree($tree);
 
 =head1 DESCRIPTION
 
@@ -46,7 +46,7 @@ passed.
 
 =cut
 
-package CitizenSyncShipped;
+package CitizenSync::Shipped;
 
 use strict;
 use warnings;

@@ -2,18 +2,23 @@
 
 =head1 NAME
 
-CitizenSyncBroker - run citizen_sync's embedded Kafka broker from TAP tests
+CitizenSync::Broker - citizen_sync's embedded Kafka broker in TAP tests:
+the broker process, its fault commands, producing and consuming raw
+messages
 
 =head1 SYNOPSIS
 
   use lib "$FindBin::RealBin/../perl";   # or wherever test/perl is
-  use CitizenSyncBroker;
+  use CitizenSync::Broker qw(start_broker topic_events positions);
 
-  my $kafka = CitizenSyncBroker->new(brokers => 1,
+  my $kafka = start_broker();   # 1 broker, gov.auth.citizen:4
+
+  my $kafka = CitizenSync::Broker->new(brokers => 1,
                                      topics  => ['gov.auth.citizen:4']);
   my $bootstrap = $kafka->bootstrap;     # "127.0.0.1:41234"
 
   $kafka->produce('gov.auth.citizen', [ [ 'k1', '{"id":1}' ], '{"id":2}' ]);
+  $kafka->produce('gov.auth.citizen', $events);  # { key, value } hashes
   $kafka->produce_file('gov.auth.citizen', '/tmp/preload.tsv');
   my $o = $kafka->offsets('gov.auth.citizen');    # $o->{end}, $o->{retained}
   $kafka->down(1); $kafka->up(1);
@@ -32,12 +37,12 @@ Every method croaks on failure (timeout, broker gone, C<ERR> answer, kcat
 failure), so a test needs no extra checks to fail loudly.
 
 The broker binary is, in order: the C<binary> argument, C<$ENV{CS_KAFKA_BROKER}>,
-or F<../broker/cs_kafka_broker> relative to this file.  Build it with
+or F<../../broker/cs_kafka_broker> relative to this file (test/broker).  Build it with
 C<make -C test/broker>.
 
 =cut
 
-package CitizenSyncBroker;
+package CitizenSync::Broker;
 
 use strict;
 use warnings;
@@ -46,20 +51,94 @@ use Carp;
 use File::Basename qw(dirname);
 use File::Spec;
 use File::Temp ();
+use Exporter 'import';
 use IPC::Run ();
+use JSON::PP ();
 
 our $VERSION = '0.1';
+our @EXPORT_OK = qw(start_broker topic_events positions $TOPIC);
+our %EXPORT_TAGS = (all => \@EXPORT_OK);
+
+# The citizen topic.
+our $TOPIC = 'gov.auth.citizen';
 
 # Seconds to wait for the broker or kcat before croaking.
 my $DEFAULT_TIMEOUT = $ENV{PG_TEST_TIMEOUT_DEFAULT} || 180;
 
 =pod
 
+=head1 FUNCTIONS
+
+=over
+
+=item start_broker(%args)
+
+CitizenSync::Broker->new(%args), by default with one broker and
+gov.auth.citizen in 4 partitions.
+
+=cut
+
+sub start_broker
+{
+	my (%args) = @_;
+	return __PACKAGE__->new(brokers => 1, topics => ["$TOPIC:4"], %args);
+}
+
+=pod
+
+=item topic_events($kafka, [$topic])
+
+Every message of $topic (default gov.auth.citizen), in (partition, offset)
+order, as hashrefs { partition, offset, key, value, event } where event is
+the decoded JSON value (undef if it does not parse).
+
+=cut
+
+sub topic_events
+{
+	my ($kafka, $topic) = @_;
+	my $json = JSON::PP->new->utf8;
+	my @msgs = $kafka->consume($topic // $TOPIC);
+
+	for my $m (@msgs)
+	{
+		$m->{event} = eval { $json->decode($m->{value}) } if defined $m->{value};
+	}
+	return sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} } @msgs;
+}
+
+=pod
+
+=item positions($kafka, $topic)
+
+Everything in the topic (from the beginning) as a hashref
+partition => [ { offset, key, value, event_id }, ... ] in offset order.
+
+=cut
+
+sub positions
+{
+	my ($kafka, $topic) = @_;
+	my %p;
+
+	for my $msg ($kafka->consume($topic))
+	{
+		($msg->{event_id}) = ($msg->{value} // '') =~ /"event_id":"([^"]*)"/;
+		push @{ $p{ $msg->{partition} } }, $msg;
+	}
+	@$_ = sort { $a->{offset} <=> $b->{offset} } @$_ for values %p;
+	return \%p;
+}
+
+=pod
+
+=back
+
 =head1 CLASS METHODS
 
 =over
 
-=item CitizenSyncBroker->binary_path([$path])
+=item CitizenSync::Broker->binary_path([$path])
 
 Returns the path of the broker executable (see DESCRIPTION); croaks if it is
 not executable.
@@ -72,7 +151,7 @@ sub binary_path
 
 	$path //= $ENV{CS_KAFKA_BROKER};
 	$path //= File::Spec->catfile(dirname(File::Spec->rel2abs(__FILE__)),
-		'..', 'broker', 'cs_kafka_broker');
+		'..', '..', 'broker', 'cs_kafka_broker');
 	croak "cs_kafka_broker not found or not executable at $path "
 	  . "(run: make -C test/broker)"
 	  unless -x $path;
@@ -81,7 +160,7 @@ sub binary_path
 
 =pod
 
-=item CitizenSyncBroker->new(%args)
+=item CitizenSync::Broker->new(%args)
 
 Starts a broker and waits until it is ready.  Arguments, all optional:
 
@@ -345,12 +424,14 @@ sub offsets
 =item $kafka->produce($topic, \@messages, %opts)
 
 Produces the messages with kcat, in order, and waits until every one is
-acknowledged.  Each message is either a string (the value; the key is null) or
-[$key, $value].  Keys may not contain tabs or newlines, values may not contain
+acknowledged.  Each message is either a string (the value; the key is null),
+[$key, $value] or a hashref with key and value (as CitizenSync::Events makes
+them; a key of undef is a null key).  Keys may not contain tabs or newlines, values may not contain
 newlines.  Options: C<partition> (default: by key hash, or random for null
 keys), C<compression> (none, gzip, snappy, lz4, zstd; default none), C<kcat_args>
 (arrayref of extra kcat arguments).  Returns the number of messages; croaks
-if kcat fails.
+if kcat fails, and, unless C<< check_retention => 0 >>, if the topic lost
+messages to the mock cluster's retention (see produce_file()).
 
 =cut
 
@@ -361,7 +442,10 @@ sub produce
 
 	for my $m (@$messages)
 	{
-		my ($key, $value) = ref $m ? @$m : (undef, $m);
+		my ($key, $value) =
+		    ref $m eq 'HASH' ? @$m{qw(key value)}
+		  : ref $m ? @$m
+		  : (undef, $m);
 		croak 'message value may not contain a newline' if $value =~ /\n/;
 		if (defined $key)
 		{
@@ -377,6 +461,7 @@ sub produce
 		}
 	}
 	$self->_kcat_produce($topic, \$input, %opts);
+	$self->_check_retention($topic) if $opts{check_retention} // 1;
 	return scalar @$messages;
 }
 
@@ -405,16 +490,22 @@ sub produce_file
 	$lines++ while <$fh>;
 	close $fh;
 	$self->_kcat_produce($topic, $path, %opts);
-	if ($opts{check_retention} // 1)
-	{
-		my $o = $self->offsets($topic);
-		croak "topic $topic lost "
-		  . ($o->{end} - $o->{retained})
-		  . " messages to the mock broker's 5 MiB/partition retention:"
-		  . " use more partitions or compression"
-		  if $o->{retained} < $o->{end};
-	}
+	$self->_check_retention($topic) if $opts{check_retention} // 1;
 	return $lines;
+}
+
+# Croaks if $topic lost messages to the mock cluster's retention.
+sub _check_retention
+{
+	my ($self, $topic) = @_;
+	my $o = $self->offsets($topic);
+
+	croak "topic $topic lost "
+	  . ($o->{end} - $o->{retained})
+	  . " messages to the mock broker's 5 MiB/partition retention:"
+	  . " use more partitions or compression"
+	  if $o->{retained} < $o->{end};
+	return;
 }
 
 # Runs kcat -P on $input (a scalar ref holding the lines, or a file path).

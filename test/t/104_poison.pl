@@ -41,36 +41,8 @@ sub good_json
 }
 
 my $good = good_json(9000, 1);
-my $oversize = $good;
-$oversize =~ s/^\{/{"padding":"@{[ 'x' x 2100 ]}",/;
-my $nul = $good;
-$nul =~ s/"name":"[^"]*"/"name":"Ann\\u0000Lee"/;
-my $bad_utf8 = $good;
-$bad_utf8 =~ s/"name":"[^"]*"/"name":"Ann \xff\xfe Lee"/;
-my $nul_byte = $good;
-$nul_byte =~ s/"name":"[^"]*"/"name":"Ann\x00Lee"/;
-# json-c alone cut the key at \u0000 and stored Mallory
-my $nul_key = $good;
-$nul_key =~ s/"name":"[^"]*"/"name":"Alice","name\\u0000":"Mallory"/;
-my $lone_surrogate = $good;
-$lone_surrogate =~ s/"name":"[^"]*"/"name":"Ann \\ud876 Lee"/;
-my $duplicate = $good;
-$duplicate =~ s/"name":"[^"]*"/"name":"Alice","name":"Mallory"/;
-my $no_event_id = $good;
-$no_event_id =~ s/"event_id":"[^"]*",//;
-my $no_citizen_id = $good;
-$no_citizen_id =~ s/"citizen_id":9000,//;
-my $version_string = $good;
-$version_string =~ s/"event_version":1/"event_version":"1"/;
-my $version_zero = $good;
-$version_zero =~ s/"event_version":1/"event_version":0/;
-my $bool_string = $good;
-$bool_string =~ s/"email_verified":(true|false)/"email_verified":"yes"/;
-my $id_mismatch = $good;
-$id_mismatch =~ s/"id":9000/"id":9001/;
-my $no_email = $good;
-$no_email =~ s/"email":"[^"]*",//;
-my $truncated = substr($good, 0, length($good) - 10);
+my $bad = CitizenSync::Events::broken_variants($good);
+my $oversize = $bad->{oversize};
 
 # An event that parses but that the database refuses (a constraint the DBA
 # added): isolated from its batch and dead-lettered, the rest applied.
@@ -86,21 +58,21 @@ my $evil_v2 = CitizenSync::Events::event_json(type => 'updated', event_id => 'ev
 # [name, key, value (undef = null), expected SQLSTATE]
 my @poison = (
 	[ 'not JSON',              'citizen_11', 'this is not JSON {',   '22P02' ],
-	[ 'truncated JSON',        'citizen_12', $truncated,             '22P02' ],
+	[ 'truncated JSON',        'citizen_12', $bad->{truncated},     '22P02' ],
 	[ 'JSON array',            'citizen_13', '[1,2,3]',              '22023' ],
-	[ 'invalid UTF-8 bytes',   'citizen_14', $bad_utf8,              '22021' ],
-	[ 'NUL in a string',       'citizen_15', $nul,                   '22P05' ],
-	[ 'NUL byte in a string',  'citizen_26', $nul_byte,              '22021' ],
-	[ 'NUL in a key',          'citizen_27', $nul_key,               '22P05' ],
-	[ 'lone surrogate escape', 'citizen_28', $lone_surrogate,        '22P02' ],
-	[ 'duplicated field',      'citizen_29', $duplicate,             '22030' ],
-	[ 'missing event_id',      'citizen_16', $no_event_id,           '22004' ],
-	[ 'missing citizen_id',    'citizen_17', $no_citizen_id,         '22004' ],
-	[ 'missing email',         'citizen_18', $no_email,              '22004' ],
-	[ 'version as a string',   'citizen_19', $version_string,        '22023' ],
-	[ 'version zero',          'citizen_20', $version_zero,          '22003' ],
-	[ 'boolean as a string',   'citizen_21', $bool_string,           '22023' ],
-	[ 'snapshot id mismatch',  'citizen_22', $id_mismatch,           '22023' ],
+	[ 'invalid UTF-8 bytes',   'citizen_14', $bad->{bad_utf8},      '22021' ],
+	[ 'NUL in a string',       'citizen_15', $bad->{nul},           '22P05' ],
+	[ 'NUL byte in a string',  'citizen_26', $bad->{nul_byte},      '22021' ],
+	[ 'NUL in a key',          'citizen_27', $bad->{nul_key},       '22P05' ],
+	[ 'lone surrogate escape', 'citizen_28', $bad->{lone_surrogate}, '22P02' ],
+	[ 'duplicated field',      'citizen_29', $bad->{duplicate},     '22030' ],
+	[ 'missing event_id',      'citizen_16', $bad->{no_event_id},   '22004' ],
+	[ 'missing citizen_id',    'citizen_17', $bad->{no_key},        '22004' ],
+	[ 'missing email',         'citizen_18', $bad->{no_email},      '22004' ],
+	[ 'version as a string',   'citizen_19', $bad->{version_string}, '22023' ],
+	[ 'version zero',          'citizen_20', $bad->{version_zero},  '22003' ],
+	[ 'boolean as a string',   'citizen_21', $bad->{bool_string},   '22023' ],
+	[ 'snapshot id mismatch',  'citizen_22', $bad->{id_mismatch},   '22023' ],
 	[ 'larger than max_event_size', 'citizen_23', $oversize,         '54000' ],
 	[ 'tombstone (empty value)', 'citizen_24', '',                   '22P02' ],
 	[ 'tombstone (null value)', 'citizen_25', undef,                 '22004' ],
@@ -218,7 +190,7 @@ is( $node->safe_psql($db, q{
 SELECT d.error_detail FROM citizen_sync.dead_letters d JOIN cs_test.poison p USING (partition, "offset")
  WHERE p.name = 'NUL in a key'}),
 	'A key in "data.snapshot" contains the escape \u0000 at byte '
-	  . index($nul_key, '\u0000') . '; text cannot hold NUL characters.',
+	  . index($bad->{nul_key}, '\u0000') . '; text cannot hold NUL characters.',
 	'the dead letter of a key with \u0000 says where it is');
 
 # Retrying them: both stay dead letters; the null one with a clear error.

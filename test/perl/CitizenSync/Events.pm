@@ -43,9 +43,10 @@ use warnings;
 
 use Encode ();
 use Exporter 'import';
+use JSON::PP ();
 
 our @EXPORT_OK = qw(new_model add_events feed snapshot event_json
-  suffix_counts bench_stream);
+  aggregate_event_json broken_variants suffix_counts bench_stream);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 =pod
@@ -155,9 +156,6 @@ or anything else), C<event_id>, C<citizen_id>, C<version>, C<snapshot>
 sub event_json
 {
 	my (%e) = @_;
-	my $type = $e{type} =~ /\./ ? $e{type} : "citizen.$e{type}";
-	my $ts = sprintf('2026-11-25T10:%02d:%02d.%03dZ',
-		($e{version} / 60) % 60, $e{version} % 60, $e{citizen_id} % 1000);
 	my $data = qq{"citizen_id":$e{citizen_id}};
 
 	if (my $s = $e{snapshot})
@@ -171,8 +169,92 @@ sub event_json
 		push @f, qq{"identity_verified":} . ($s->{identity_verified} ? 'true' : 'false');
 		$data .= ',"snapshot":{' . join(',', @f) . '}';
 	}
-	return qq({"event_type":"$type","event_id":"$e{event_id}","event_version":$e{version},)
+	return _envelope('citizen', $e{type}, $e{event_id}, $e{version},
+		$e{citizen_id}, $data);
+}
+
+=pod
+
+=item aggregate_event_json(%e)
+
+The wire form (UTF-8 bytes) of an event of any aggregate, as capture()
+publishes it: C<aggregate> (e.g. employee), C<type> (created, updated,
+deleted, a full name such as role.assigned, or anything else),
+C<event_id>, C<key> (a number, or a string such as a uuid),
+C<version> and C<snapshot> (hashref of field => value, for
+created/updated: Perl strings, numbers, undef for null,
+C<JSON::PP::true>/C<false>; written in field name order).  The data holds
+C<< <aggregate>_id >> = key; the Kafka key capture() uses is
+C<< <aggregate>_<key> >>.  Invalid events start from this output (see
+broken_variants).
+
+=cut
+
+sub aggregate_event_json
+{
+	my (%e) = @_;
+	my $key = $e{key} =~ /^-?[0-9]+$/ ? $e{key} : _json_str($e{key});
+	my $data = qq{"$e{aggregate}_id":$key};
+
+	$data .= ',"snapshot":' . JSON::PP->new->utf8->canonical->encode($e{snapshot})
+	  if $e{snapshot};
+	return _envelope($e{aggregate}, $e{type}, $e{event_id}, $e{version},
+		$e{key} =~ /^[0-9]+$/ ? $e{key} : length($e{key}), $data);
+}
+
+# The event around its data: type (prefixed with the aggregate unless it
+# has a dot), id, version and a timestamp derived from the version and
+# $n (a number).
+sub _envelope
+{
+	my ($aggregate, $type, $event_id, $version, $n, $data) = @_;
+	my $ts = sprintf('2026-11-25T10:%02d:%02d.%03dZ',
+		($version / 60) % 60, $version % 60, $n % 1000);
+
+	$type = "$aggregate.$type" unless $type =~ /\./;
+	return qq({"event_type":"$type","event_id":"$event_id","event_version":$version,)
 	  . qq("event_timestamp":"$ts","data":{$data}});
+}
+
+=pod
+
+=item broken_variants($json)
+
+Invalid events made from the valid event $json (see event_json), as a
+hashref name => bytes, each broken in one way: C<truncated> JSON,
+C<bad_utf8> (invalid UTF-8 bytes in the name), C<nul> (C<\u0000> in the
+name), C<nul_byte> (a NUL byte in it), C<nul_key> (C<\u0000> in a second
+name key), C<lone_surrogate>, C<duplicate> (the name field twice),
+C<no_event_id>, C<no_key> (no C<< <aggregate>_id >>), C<no_email>,
+C<version_string>, C<version_zero>, C<bool_string> (email_verified
+"yes"), C<id_mismatch> (snapshot id = key + 1), C<oversize> (padded
+beyond 2100 bytes).
+
+=cut
+
+sub broken_variants
+{
+	my ($g) = @_;
+	my $name = qr/"name":"[^"]*"/;
+
+	return {
+		oversize => $g =~ s/^\{/'{"padding":"' . ('x' x 2100) . '",'/er,
+		nul => $g =~ s/$name/"name":"Ann\\u0000Lee"/r,
+		bad_utf8 => $g =~ s/$name/"name":"Ann \xff\xfe Lee"/r,
+		nul_byte => $g =~ s/$name/"name":"Ann\x00Lee"/r,
+		# json-c alone cut the key at \u0000 and stored Mallory
+		nul_key => $g =~ s/$name/"name":"Alice","name\\u0000":"Mallory"/r,
+		lone_surrogate => $g =~ s/$name/"name":"Ann \\ud876 Lee"/r,
+		duplicate => $g =~ s/$name/"name":"Alice","name":"Mallory"/r,
+		no_event_id => $g =~ s/"event_id":"[^"]*",//r,
+		no_key => $g =~ s/"[a-z_]+_id":[^,{}]*,(?="snapshot")//r,
+		no_email => $g =~ s/"email":"[^"]*",//r,
+		version_string => $g =~ s/"event_version":(\d+)/"event_version":"$1"/r,
+		version_zero => $g =~ s/"event_version":\d+/"event_version":0/r,
+		bool_string => $g =~ s/"email_verified":(true|false)/"email_verified":"yes"/r,
+		id_mismatch => $g =~ s/"id":(\d+)/'"id":' . ($1 + 1)/er,
+		truncated => substr($g, 0, length($g) - 10),
+	};
 }
 
 =pod

@@ -110,7 +110,7 @@ $standby->promote;
 is($standby->safe_psql('auth_db', 'SELECT count(*) FROM citizens'), '30',
 	'the new primary has the 30 citizens of before the pause');
 ok( poll_until(30, sub {
-			(CitizenSyncE2E::query_or_undef($standby, 'auth_db',
+			(CitizenSync::Check::query_or_undef($standby, 'auth_db',
 					q{SELECT count(*) FROM citizen_sync.worker_stats WHERE kind = 'publisher' AND pid IS NOT NULL})
 				  // '') eq '1';
 		}),

@@ -114,11 +114,7 @@ is(check_topic_has_outbox($node, \@events), 0, 'no row was sent twice');
 check_topic_order(\@events);
 
 # Nothing was dead-lettered on the way.
-for my $db (@SERVICE_DBS)
-{
-	is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
-		'0', "no dead letter in $db");
-}
+check_no_dead_letters($node, $_) for @SERVICE_DBS;
 my $stats = publisher_stats($node);
 cmp_ok($stats->{published}, '>=', $changes,
 	"the publisher counts at least $changes published messages ($stats->{published})");

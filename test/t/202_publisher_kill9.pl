@@ -28,10 +28,7 @@ my $node = start_pipeline('kill9', $kafka,
 $kafka->rtt(1, 1000);
 
 # ~30k changes in a few big transactions.
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, phone, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', '+1-555-' || i, 'Springfield'
-  FROM generate_series(1, 10000) AS i;
+$node->safe_psql('auth_db', citizens_sql(10000, phone => 1) . q{
 UPDATE citizens SET email_verified = true;
 UPDATE citizens SET city = 'Shelbyville', address = id || ' Elm St' WHERE id % 2 = 0;
 UPDATE citizens SET name = name || ' Jr.' WHERE id % 3 = 0;
@@ -103,11 +100,7 @@ cmp_ok($dups, '>', 0,
 
 wait_caches_converged($node, 120);
 check_outbox_complete($node);
-for my $db (@SERVICE_DBS)
-{
-	is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
-		'0', "no dead letter in $db");
-}
+check_no_dead_letters($node, $_) for @SERVICE_DBS;
 
 $node->stop;
 $kafka->stop;

@@ -23,11 +23,7 @@ my $node = start_pipeline('broker_down', $kafka,
 	conf => "citizen_sync.restart_delay = 1s\n");
 
 # A baseline that went through.
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield'
-  FROM generate_series(1, 500) AS i;
-});
+$node->safe_psql('auth_db', citizens_sql(500));
 wait_outbox_drained($node, 30, 'baseline published');
 wait_caches_converged($node, 60, 'baseline in the cache');
 

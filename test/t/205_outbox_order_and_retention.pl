@@ -50,11 +50,7 @@ sub cached
 	return 1;
 }
 
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield'
-  FROM generate_series(1, 20) AS i;
-});
+$node->safe_psql('auth_db', citizens_sql(20));
 wait_outbox_drained($node, 30, 'seed published (commit wake-up)');
 wait_caches_converged($node, 60, 'seed in the cache');
 

@@ -31,11 +31,7 @@ $kafka->set_coordinator('group', "$_-citizen-sync", 3) for @SERVICE_DBS;
 my $node = start_pipeline('publisher_faults', $kafka,
 	conf => "citizen_sync.restart_delay = 1s\n");
 
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield'
-  FROM generate_series(1, 60) AS i;
-});
+$node->safe_psql('auth_db', citizens_sql(60));
 wait_outbox_drained($node, 60, 'baseline published');
 wait_caches_converged($node, 90, 'baseline in the caches');
 

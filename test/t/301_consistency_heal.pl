@@ -149,11 +149,7 @@ SELECT string_agg(citizen_id || ':' || is_active, ' ' ORDER BY citizen_id)
 # Both caches equal the source, revenue_db included (it received the
 # republished events too, as duplicates of its state or tombstones).
 wait_caches_converged($node, 30, 'cache equals the source after heal');
-for my $db (@SERVICE_DBS)
-{
-	is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
-		'0', "no dead letter in $db");
-}
+check_no_dead_letters($node, $_) for @SERVICE_DBS;
 
 $node->stop;
 $kafka->stop;

@@ -127,9 +127,7 @@ SKIP:
 	$node->safe_psql('permits_db', 'CREATE EXTENSION dblink');
 
 	# 30 citizens, 10 updated, 3 deleted.
-	$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield' FROM generate_series(1, 30) AS i;
+	$node->safe_psql('auth_db', citizens_sql(30) . q{
 UPDATE citizens SET city = 'Shelbyville' WHERE id <= 10;
 DELETE FROM citizens WHERE id IN (28, 29, 30);
 });

@@ -40,10 +40,7 @@ is($node->safe_psql($db, 'SHOW citizen_sync.processed_events_retention'), '1s',
 is($node->safe_psql($db, 'SHOW citizen_sync.dead_letter_retention'), '1s',
 	'dead_letter_retention is 1s');
 
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield' FROM generate_series(1, 5) AS i;
-});
+$node->safe_psql('auth_db', citizens_sql(5));
 wait_outbox_drained($node, 60);
 wait_caches_converged($node, 90);
 

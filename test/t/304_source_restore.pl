@@ -47,10 +47,7 @@ sub drops
 }
 
 # 30 citizens, 1..10 updated once.
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, phone, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', '+1-555-' || i, 'Springfield'
-  FROM generate_series(1, 30) AS i;
+$node->safe_psql('auth_db', citizens_sql(30, phone => 1) . q{
 UPDATE citizens SET city = 'Shelbyville' WHERE id <= 10;
 });
 wait_outbox_drained($node, 60, 'the first changes are published');

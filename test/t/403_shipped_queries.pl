@@ -155,9 +155,7 @@ my $ANALYZABLE = qr/^\s*(?:SELECT|WITH|INSERT|UPDATE|DELETE|VALUES|TABLE)\b/i;
 my $kafka = start_broker();
 my $node = start_pipeline('shipped', $kafka, conf => "citizen_sync.restart_delay = 1s\n");
 
-$node->safe_psql('auth_db', q{
-INSERT INTO citizens (name, email, city)
-SELECT 'Citizen ' || i, 'c' || i || '@example.gov', 'Springfield' FROM generate_series(1, 130) AS i;
+$node->safe_psql('auth_db', citizens_sql(130) . q{
 UPDATE citizens SET phone = '+1-555-0199' WHERE id = 1;
 DELETE FROM citizens WHERE id = 130;
 });

@@ -44,7 +44,8 @@ use PostgreSQL::Test::Utils;
 use CitizenSync::Node qw(@SERVICE_DBS);
 
 our @EXPORT_OK = qw(poll_until query_or_undef
-  load_expected mismatch_sql wait_converged consumer_stats counted_sql
+  load_expected mismatch_sql wait_converged check_no_dead_letters
+  consumer_stats counted_sql
   check_counts check_offsets_at_end stored_offsets wait_assigned
   drift pending_count wait_outbox_drained source_state cache_state wait_caches_converged
   wait_cache_equals_source publisher_stats check_outbox_complete
@@ -252,6 +253,23 @@ sub wait_converged
 				'SELECT * FROM citizen_sync.consumer_stats'));
 	}
 	return $ok;
+}
+
+=pod
+
+=item check_no_dead_letters($node, $db, [$name])
+
+Test: citizen_sync.dead_letters of $db is empty.
+
+=cut
+
+sub check_no_dead_letters
+{
+	my ($node, $db, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+	return is($node->safe_psql($db, 'SELECT count(*) FROM citizen_sync.dead_letters'),
+		'0', $name // "no dead letter in $db");
 }
 
 =pod

@@ -42,7 +42,7 @@ use CitizenSync::Broker qw($TOPIC);
 
 our @EXPORT_OK = qw(new_node setup_db install_extension new_plain_node
   new_old_db_node
-  start_pipeline setup_auth_db source_conninfo run_sql consumer_pid
+  start_pipeline setup_auth_db citizens_sql source_conninfo run_sql consumer_pid
   stop_under_fault $DB $SERVICE $SYNC_ROLE @SERVICE_DBS @PUBLISHED_COLUMNS);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
@@ -222,6 +222,29 @@ SELECT citizen_sync.capture('citizens', 'citizen',
              'email_verified', 'identity_verified']);
 });
 	return;
+}
+
+=pod
+
+=item citizens_sql($n, %opts)
+
+An INSERT of citizens 1..$n into auth_db's citizens table (name
+"Citizen i", email ci@example.gov, city Springfield; with
+C<< phone => 1 >> also phone +1-555-i), to run with safe_psql, alone or
+followed by more statements.
+
+=cut
+
+sub citizens_sql
+{
+	my ($n, %opts) = @_;
+	my ($col, $val) = $opts{phone} ? (', phone', q{, '+1-555-' || i}) : ('', '');
+
+	return qq{
+INSERT INTO citizens (name, email$col, city)
+SELECT 'Citizen ' || i, 'c' || i || '\@example.gov'$val, 'Springfield'
+  FROM generate_series(1, $n) AS i;
+};
 }
 
 =pod

@@ -55,8 +55,6 @@ our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 =over
 
-=pod
-
 =item new_model(seed => N)
 
 A model of the source: per-citizen versions, the expected cache state and

@@ -61,8 +61,6 @@ our @PUBLISHED_COLUMNS = qw(id name email phone address city postal_code
 
 =head1 FUNCTIONS
 
-=over
-
 =cut
 
 # The postgresql.conf lines of a consumer node.  Options: databases
@@ -84,6 +82,8 @@ log_min_messages = info
 }
 
 =pod
+
+=over
 
 =item new_node($name, $broker, %opts)
 

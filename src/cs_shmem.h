@@ -16,8 +16,9 @@
  * copy one slot at a time under a shared lock, so each row is consistent in
  * itself (a batch's counters, positions and caught_up_at are seen together
  * or not at all) and a reader never waits for more than one slot's copy.
- * No code holds two slot locks at once; the global lock may be taken while
- * a slot lock is held (attach, detach), never the other way round.  A
+ * No code holds two slot locks at once; the global lock and the error
+ * ring's (cs_errors.c) may be taken while a slot lock is held (attach,
+ * detach, configure), never the other way round.  A
  * per-slot LWLock rather than a changecount protocol (PgBackendStatus):
  * writes are at most one per batch, and a changecount reader of a slot with
  * thousands of partitions could retry indefinitely under a fast writer.

@@ -241,22 +241,29 @@ static void
 slot_update_positions(Consumer *c)
 {
 	CsPartitions *ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));
+	int			i = -1;
 
-	for (int i = 0; i < ps->n; i++)
+	/* a batch holds runs of one partition: look a partition up per run */
+	for (int m = 0; m < c->nmsgs; m++)
 	{
-		CsPartitionPosition *p = &ps->positions[i];
-		const char *topic = cs_partition_topic(ps, i);
+		if (i < 0 || ps->positions[i].partition != c->msgs[m].partition ||
+			strcmp(cs_partition_topic(ps, i), c->msgs[m].topic) != 0)
+			for (i = ps->n - 1; i >= 0; i--)
+				if (ps->positions[i].partition == c->msgs[m].partition &&
+					strcmp(cs_partition_topic(ps, i), c->msgs[m].topic) == 0)
+					break;
+		if (i >= 0 && c->msgs[m].offset + 1 > ps->positions[i].next_offset)
+			ps->positions[i].next_offset = c->msgs[m].offset + 1;
+	}
+	for (int p = 0; p < ps->n; p++)
+	{
 		int64_t		lo,
 					hi;
 
-		for (int m = 0; m < c->nmsgs; m++)
-			if (c->msgs[m].partition == p->partition &&
-				strcmp(c->msgs[m].topic, topic) == 0 &&
-				c->msgs[m].offset + 1 > p->next_offset)
-				p->next_offset = c->msgs[m].offset + 1;
-		if (rd_kafka_get_watermark_offsets(c->rk, topic, p->partition, &lo, &hi) ==
+		if (rd_kafka_get_watermark_offsets(c->rk, cs_partition_topic(ps, p),
+										   ps->positions[p].partition, &lo, &hi) ==
 			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
-			p->high_watermark = hi;
+			ps->positions[p].high_watermark = hi;
 	}
 	(void) cs_shmem_set_positions(c->slot, ps, 0);
 	pfree(ps);

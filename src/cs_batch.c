@@ -54,7 +54,7 @@ apply_context(void *arg)
 	const ApplyPosition *pos = (const ApplyPosition *) arg;
 	const CsMessage *m = &pos->msgs[0];
 	CsWorkerSlot *slot = cs_shmem_my_slot();
-	const char *db = slot ? slot->database : "?";
+	const char *db = slot ? cs_shmem_slot_database(slot) : "?";
 	int64		lo = m->offset,
 				hi = m->offset;
 	int			elsewhere = 0;
@@ -97,7 +97,7 @@ log_dead_letter(const CsMessage *msg, const CsEvent *event, int sqlerrcode,
 		return;
 	ereport(LOG,
 			(errmsg("citizen_sync: consumer for database \"%s\" dead-lettered event \"%s\" (topic \"%s\", partition %d, offset " INT64_FORMAT "): %s",
-					slot ? slot->database : "?", event_id_or_unknown(event),
+					slot ? cs_shmem_slot_database(slot) : "?", event_id_or_unknown(event),
 					msg->topic, msg->partition, msg->offset, message),
 			 errdetail_internal("SQLSTATE %s; %lld similar line(s) suppressed since the last one.",
 								unpack_sql_state(sqlerrcode), (long long) suppressed)));

@@ -122,7 +122,7 @@ wait_for_prerequisites(Consumer *c)
 		   !prerequisites_met(c, &role_oid, msg, sizeof(msg), hint, sizeof(hint)))
 	{
 		cs_shmem_set_error(c->slot, msg);
-		cs_shmem_set_state(c->slot, "waiting");
+		cs_shmem_set_state(c->slot, CS_STATE_WAITING);
 		if (strcmp(msg, last_msg) != 0)	/* once per reason */
 			ereport(WARNING,
 					(errmsg("citizen_sync: %s", msg),
@@ -205,69 +205,75 @@ kafka_start(Consumer *c)
 	rd_kafka_topic_partition_list_destroy(sub);
 }
 
-/* Publish the assignment (with stored positions) in the stats slot. */
+/*
+ * Publish the assignment (with stored positions) in the stats slot; one
+ * the slot cannot record whole is said loudly (cs_shmem.h).
+ */
 static void
 slot_set_partitions(Consumer *c, const rd_kafka_topic_partition_list_t *parts)
 {
-	if (parts && parts->cnt > CS_MAX_PARTITIONS)
-		ereport(WARNING,
-				(errmsg("citizen_sync: the consumer for \"%s\" holds %d partitions; statistics show the first %d",
-						c->database, parts->cnt, CS_MAX_PARTITIONS),
-				 errdetail("Stored offsets, and so delivery, cover every partition; only consumer_lag is truncated.")));
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	c->slot->npartitions = 0;
-	for (int i = 0; parts && i < parts->cnt && i < CS_MAX_PARTITIONS; i++)
-	{
-		CsPartitionState *p = &c->slot->partitions[c->slot->npartitions++];
+	int			n = parts ? parts->cnt : 0;
+	CsAssignedPartition *a = palloc(sizeof(CsAssignedPartition) * Max(n, 1));
+	int			kept;
 
-		strlcpy(p->topic, parts->elems[i].topic, CS_TOPIC_LEN);
-		p->partition = parts->elems[i].partition;
-		p->next_offset = parts->elems[i].offset >= 0 ? parts->elems[i].offset : 0;
-		p->high_watermark = -1;
+	for (int i = 0; i < n; i++)
+	{
+		a[i].topic = parts->elems[i].topic;
+		a[i].partition = parts->elems[i].partition;
+		a[i].offset = parts->elems[i].offset;
 	}
-	LWLockRelease(cs_shared->lock);
+	kept = cs_shmem_set_partitions(c->slot, a, n);
+	pfree(a);
+	if (kept < n)
+		ereport(WARNING,
+				(errmsg("citizen_sync: the consumer for \"%s\" holds %d partitions; shared memory records %d of them",
+						c->database, n, kept),
+				 errdetail("At most %d partitions of %d topics are recorded per consumer.  Stored offsets, and so delivery, cover every partition; consumer_lag shows the recorded ones and fresh_as_of() stays NULL.",
+						   CS_MAX_PARTITIONS, CS_MAX_TOPICS),
+				 errhint("Spread the topics over more consumers of the database, or use fewer partitions.")));
 }
 
-/* After a committed batch: positions and cached high watermarks. */
+/*
+ * After a committed batch: positions and cached high watermarks, computed
+ * from a copy of the slot's partitions without a lock, then published.
+ */
 static void
 slot_update_positions(Consumer *c)
 {
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < c->slot->npartitions; i++)
+	CsPartitions *ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));
+	int			i = -1;
+
+	/* a batch holds runs of one partition: look a partition up per run */
+	for (int m = 0; m < c->nmsgs; m++)
 	{
-		CsPartitionState *p = &c->slot->partitions[i];
+		if (i < 0 || ps->positions[i].partition != c->msgs[m].partition ||
+			strcmp(cs_partition_topic(ps, i), c->msgs[m].topic) != 0)
+			for (i = ps->n - 1; i >= 0; i--)
+				if (ps->positions[i].partition == c->msgs[m].partition &&
+					strcmp(cs_partition_topic(ps, i), c->msgs[m].topic) == 0)
+					break;
+		if (i >= 0 && c->msgs[m].offset + 1 > ps->positions[i].next_offset)
+			ps->positions[i].next_offset = c->msgs[m].offset + 1;
+	}
+	for (int p = 0; p < ps->n; p++)
+	{
 		int64_t		lo,
 					hi;
 
-		for (int m = 0; m < c->nmsgs; m++)
-			if (c->msgs[m].partition == p->partition &&
-				strcmp(c->msgs[m].topic, p->topic) == 0 &&
-				c->msgs[m].offset + 1 > p->next_offset)
-				p->next_offset = c->msgs[m].offset + 1;
-		if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
+		if (rd_kafka_get_watermark_offsets(c->rk, cs_partition_topic(ps, p),
+										   ps->positions[p].partition, &lo, &hi) ==
 			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
-			p->high_watermark = hi;
+			ps->positions[p].high_watermark = hi;
 	}
-	LWLockRelease(cs_shared->lock);
+	(void) cs_shmem_set_positions(c->slot, ps, 0);
+	pfree(ps);
 }
 
 /* Add a batch's outcome to the slot's counters. */
 static void
 slot_count(Consumer *c, const CsBatchOutcome *o, double ms)
 {
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int r = 0; r < CS_RESULT_COUNT; r++)
-		c->slot->results[r] += o->results[r];
-	c->slot->dead_lettered += o->dead_lettered;
-	for (int b = 0; b < CS_LATENCY_BUCKETS; b++)
-		c->slot->latency_buckets[b] += o->latency_buckets[b];
-	c->slot->latency_count += o->latency_count;
-	c->slot->latency_sum_ms += o->latency_sum_ms;
-	c->slot->batches++;
-	c->slot->last_batch_at = GetCurrentTimestamp();
-	c->slot->last_batch_ms = ms;
-	strlcpy(c->slot->state, "running", sizeof(c->slot->state));
-	LWLockRelease(cs_shared->lock);
+	cs_shmem_count_batch(c->slot, o, ms);
 }
 
 /* Release the held events (and so their messages). */
@@ -605,20 +611,21 @@ static void
 probe_kafka(Consumer *c, TimestampTz now)
 {
 	rd_kafka_topic_partition_list_t *answer;
+	CsPartitions *ps;
 	bool		complete = true;
 
 	if (c->probe == NULL)
 		return;
 	if (c->probe_request == 0)
 	{
-		rd_kafka_topic_partition_list_t *parts =
-			rd_kafka_topic_partition_list_new(Max(c->slot->npartitions, 1));
+		rd_kafka_topic_partition_list_t *parts;
 
-		LWLockAcquire(cs_shared->lock, LW_SHARED);
-		for (int i = 0; i < c->slot->npartitions; i++)
-			rd_kafka_topic_partition_list_add(parts, c->slot->partitions[i].topic,
-											  c->slot->partitions[i].partition);
-		LWLockRelease(cs_shared->lock);
+		ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));
+		parts = rd_kafka_topic_partition_list_new(Max(ps->n, 1));
+		for (int i = 0; i < ps->n; i++)
+			rd_kafka_topic_partition_list_add(parts, cs_partition_topic(ps, i),
+											  ps->positions[i].partition);
+		pfree(ps);
 		c->probe_request = cs_probe_request(c->probe, parts);
 		rd_kafka_topic_partition_list_destroy(parts);
 		c->next_probe_at = TimestampTzPlusMilliseconds(now, 1000);
@@ -626,19 +633,20 @@ probe_kafka(Consumer *c, TimestampTz now)
 	answer = cs_probe_result(c->probe, c->probe_request);
 	if (answer == NULL)
 		return;					/* not yet: never waited for */
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < c->slot->npartitions; i++)
+	ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));
+	for (int i = 0; i < ps->n; i++)
 	{
-		CsPartitionState *p = &c->slot->partitions[i];
+		CsPartitionPosition *p = &ps->positions[i];
 		rd_kafka_topic_partition_t *a =
-			rd_kafka_topic_partition_list_find(answer, p->topic, p->partition);
+			rd_kafka_topic_partition_list_find(answer, cs_partition_topic(ps, i), p->partition);
 
 		if (a == NULL || a->err != RD_KAFKA_RESP_ERR_NO_ERROR || a->offset < 0)
 			complete = false;
 		else if (a->offset > p->high_watermark)
 			p->high_watermark = a->offset;
 	}
-	LWLockRelease(cs_shared->lock);
+	(void) cs_shmem_set_positions(c->slot, ps, 0);
+	pfree(ps);
 	rd_kafka_topic_partition_list_destroy(answer);
 	if (complete)
 		c->kafka_trouble = false;
@@ -655,30 +663,40 @@ note_caught_up(Consumer *c)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	bool		lagging = false;
+	CsPartitions *ps;
 
-	if (c->nmsgs > 0 || rd_kafka_queue_length(c->queue) > 0 || c->slot->npartitions == 0)
+	if (c->nmsgs > 0 || rd_kafka_queue_length(c->queue) > 0)
 		return;
-	if (c->kafka_trouble)
-		probe_kafka(c, now);
-	if (c->kafka_trouble)
-		return;
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < c->slot->npartitions; i++)
+	ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));
+	if (ps->held == 0)
 	{
-		CsPartitionState *p = &c->slot->partitions[i];
+		pfree(ps);
+		return;
+	}
+	if (c->kafka_trouble)
+	{
+		pfree(ps);
+		probe_kafka(c, now);
+		if (c->kafka_trouble)
+			return;
+		ps = cs_shmem_read_partitions(cs_shmem_slot_index(c->slot));	/* probed */
+	}
+	for (int i = 0; i < ps->n; i++)
+	{
+		CsPartitionPosition *p = &ps->positions[i];
 		int64_t		lo,
 					hi;
 
 		/* cached (fetch responses) or probed: the larger is the newer */
-		if (rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
+		if (rd_kafka_get_watermark_offsets(c->rk, cs_partition_topic(ps, i), p->partition,
+										   &lo, &hi) ==
 			RD_KAFKA_RESP_ERR_NO_ERROR && hi > p->high_watermark)
 			p->high_watermark = hi;
 		if (p->high_watermark < 0 || p->high_watermark > p->next_offset)
 			lagging = true;
 	}
-	if (!lagging)
-		c->slot->caught_up_at = now;
-	LWLockRelease(cs_shared->lock);
+	(void) cs_shmem_set_positions(c->slot, ps, lagging ? 0 : now);
+	pfree(ps);
 }
 
 static void
@@ -702,7 +720,7 @@ maybe_housekeeping(Consumer *c)
 static void
 consume_loop(Consumer *c)
 {
-	cs_shmem_set_state(c->slot, "running");
+	cs_shmem_set_state(c->slot, CS_STATE_RUNNING);
 	while (!cs_got_sigterm)
 	{
 		cs_waiter_wait(&c->waiter, next_timeout(c));
@@ -724,10 +742,8 @@ cs_consumer_main(Datum arg)
 
 	memset(&c, 0, sizeof(c));
 	cs_worker_setup_signals();
-	c.slot = cs_shmem_attach(slot_index);
-	strlcpy(c.database, c.slot->database, NAMEDATALEN);
-	strlcpy(c.role, c.slot->role, NAMEDATALEN);
-	strlcpy(c.group_id, c.slot->group_id, sizeof(c.group_id));
+	c.slot = cs_shmem_attach(slot_index, c.role, c.group_id);
+	strlcpy(c.database, cs_shmem_slot_database(c.slot), NAMEDATALEN);
 	{
 		char		msg[256];
 

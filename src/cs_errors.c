@@ -12,6 +12,7 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
@@ -138,7 +139,7 @@ same_error(const CsErrorEntry *e, const CsErrorReport *r)
 void
 cs_errors_add(const CsWorkerSlot *slot, const CsErrorReport *report)
 {
-	int			i = slot - cs_shared->slots;
+	int			i = cs_shmem_slot_index(slot);
 	CsErrorRing *ring;
 	CsErrorEntry *e;
 	TimestampTz now = GetCurrentTimestamp();
@@ -164,11 +165,11 @@ cs_errors_add(const CsWorkerSlot *slot, const CsErrorReport *report)
 	e = &ring->entries[ring->newest];
 	e->first_at = e->last_at = now;
 	e->repeats = 1;
-	e->kind = slot->kind;
+	e->kind = cs_shmem_slot_kind(slot);
 	e->pid = MyProcPid;
 	e->source = report->source;
 	e->sqlerrcode = report->sqlerrcode;
-	copy_text(e->database, slot->database, sizeof(e->database));
+	copy_text(e->database, cs_shmem_slot_database(slot), sizeof(e->database));
 	copy_text(e->kafka_code, report->kafka_code, sizeof(e->kafka_code));
 	copy_text(e->message, report->message, sizeof(e->message));
 	copy_text(e->detail, report->detail, sizeof(e->detail));

@@ -99,69 +99,82 @@ count_topic_partitions(json_object *root)
 }
 
 bool
-cs_health_assignment_short(const CsWorkerSlot *slots, int i, int *held, int *total)
+cs_health_assignment_short(const CsWorkerStatus *all, int i, int *held, int *total)
 {
-	const CsWorkerSlot *me = &slots[i];
-	int			consumers = 0;
+	const CsWorkerStatus *me = &all[i];
 
 	*held = 0;
 	*total = me->topic_partitions;
 	for (int j = 0; j < CS_MAX_WORKERS; j++)
-		if (slots[j].kind == CS_WORKER_CONSUMER && slots[j].pid != 0 &&
-			strcmp(slots[j].database, me->database) == 0 &&
-			strcmp(slots[j].group_id, me->group_id) == 0)
+		if (all[j].kind == CS_WORKER_CONSUMER && all[j].pid != 0 &&
+			strcmp(all[j].database, me->database) == 0 &&
+			strcmp(all[j].group_id, me->group_id) == 0)
 		{
-			*held += slots[j].npartitions;
-			consumers++;
-			*total = Max(*total, slots[j].topic_partitions);
+			*held += all[j].npartitions;
+			*total = Max(*total, all[j].topic_partitions);
 		}
 	if (*total <= 0)
 		return true;			/* not known yet: not known to be complete */
-	return *held < Min(*total, CS_MAX_PARTITIONS * Max(consumers, 1));
+	return *held < *total;
 }
 
 /*
- * Re-evaluate the assignment of the slot's database; returns +1 when it has
- * just been found partial for the grace period, -1 when that has ended.
+ * Re-evaluate the assignment of the slot's database and publish the
+ * slot's partial flag; returns +1 when it has just been found partial for
+ * the grace period, -1 when that has ended.  caught_up_at is reset when
+ * assigned (a new assignment) or on either change.
  */
 static int
-evaluate_assignment(CsWorkerSlot *slot, TimestampTz now, int *held, int *total)
+evaluate_assignment(CsWorkerSlot *slot, TimestampTz now, bool assigned, int *held, int *total)
 {
-	int			i = slot - cs_shared->slots;
-	bool		is_short = cs_health_assignment_short(cs_shared->slots, i, held, total);
+	int			i = cs_shmem_slot_index(slot);
+	CsWorkerStatus *all = cs_shmem_read_all(false);
+	bool		is_short = cs_health_assignment_short(all, i, held, total);
+	bool		partial = all[i].partial_assignment;
+	TimestampTz since = all[i].partial_since;
+	int			change = 0;
 
+	pfree(all);
 	if (*total <= 0)
-		return 0;				/* no metadata: nothing to conclude */
-	if (!is_short)
+		;						/* no metadata: nothing to conclude */
+	else if (!is_short)
 	{
-		slot->partial_since = 0;
-		if (!slot->partial_assignment)
-			return 0;
-		slot->partial_assignment = false;
-		return -1;
+		since = 0;
+		if (partial)
+			change = -1;
+		partial = false;
 	}
-	if (slot->partial_since == 0)
-		slot->partial_since = now;
-	if (slot->partial_assignment ||
-		!TimestampDifferenceExceeds(slot->partial_since, now, CS_PARTIAL_GRACE_MS))
-		return 0;
-	slot->partial_assignment = true;
-	return 1;
+	else
+	{
+		if (since == 0)
+			since = now;
+		if (!partial && TimestampDifferenceExceeds(since, now, CS_PARTIAL_GRACE_MS))
+		{
+			partial = true;
+			change = 1;
+		}
+	}
+	cs_shmem_set_partial(slot, partial, since, assigned || change != 0);
+	return change;
 }
 
 static void
 report_assignment(CsWorkerSlot *slot, int change, int held, int total)
 {
+	CsWorkerStatus st;
+
+	if (change == 0 || !cs_shmem_read_status(cs_shmem_slot_index(slot), &st, false))
+		return;
 	if (change > 0)
 		ereport(WARNING,
 				(errmsg("citizen_sync: the consumers of \"%s\" hold %d of the %d partitions of their topics in group \"%s\"",
-						slot->database, held, total, slot->group_id),
+						st.database, held, total, st.group_id),
 				 errdetail("Another member of the consumer group, such as a cloned or promoted instance, holds the others: this cache receives only part of the events.  It keeps applying what it receives but is not reported fresh (fresh_as_of() is NULL) until it holds every partition."),
 				 errhint("Stop the citizen_sync consumer on the other instance (remove the database from its citizen_sync.databases), or give it its own citizen_sync.group_id.")));
-	else if (change < 0)
+	else
 		ereport(LOG,
 				(errmsg("citizen_sync: the consumers of \"%s\" hold all %d partitions of their topics again",
-						slot->database, total)));
+						st.database, total)));
 }
 
 void
@@ -169,6 +182,7 @@ cs_health_kafka_stats(CsWorkerSlot *slot, const char *json)
 {
 	json_object *root = json ? json_tokener_parse(json) : NULL;
 	TimestampTz now = GetCurrentTimestamp();
+	bool		consumer = cs_shmem_slot_kind(slot) == CS_WORKER_CONSUMER;
 	int			known,
 				up,
 				partitions = -1;
@@ -179,39 +193,23 @@ cs_health_kafka_stats(CsWorkerSlot *slot, const char *json)
 	if (root == NULL)
 		return;
 	count_brokers(root, &known, &up);
-	if (slot->kind == CS_WORKER_CONSUMER)
+	if (consumer)
 		partitions = count_topic_partitions(root);
 	json_object_put(root);
 
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	slot->kafka_stats_at = now;
-	slot->brokers_known = known;
-	slot->brokers_up = up;
-	if (up > 0)
-		slot->brokers_up_at = now;
-	if (slot->kind == CS_WORKER_CONSUMER)
-	{
-		if (partitions > 0)
-			slot->topic_partitions = partitions;
-		change = evaluate_assignment(slot, now, &held, &total);
-		if (change != 0)
-			slot->caught_up_at = 0;
-	}
-	LWLockRelease(cs_shared->lock);
+	cs_shmem_set_kafka_health(slot, now, known, up, partitions);
+	if (consumer)
+		change = evaluate_assignment(slot, now, false, &held, &total);
 	report_assignment(slot, change, held, total);
 }
 
 void
 cs_health_assigned(CsWorkerSlot *slot)
 {
-	TimestampTz now = GetCurrentTimestamp();
 	int			change,
 				held,
 				total;
 
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	slot->caught_up_at = 0;
-	change = evaluate_assignment(slot, now, &held, &total);
-	LWLockRelease(cs_shared->lock);
+	change = evaluate_assignment(slot, GetCurrentTimestamp(), true, &held, &total);
 	report_assignment(slot, change, held, total);
 }

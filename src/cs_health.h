@@ -5,7 +5,7 @@
  * Fed from librdkafka's statistics (statistics.interval.ms, delivered as an
  * RD_KAFKA_EVENT_STATS event on the worker's queue and handled in its main
  * loop: nothing here blocks or talks to a broker).  Written to the worker's
- * slot under the shared lock; read by citizen_sync.worker_health.
+ * slot through cs_shmem; read by citizen_sync.worker_health.
  *
  * Partial assignment: the consumers of one database (one today; issue 11
  * may configure several, all counted here) together hold fewer partitions
@@ -42,11 +42,11 @@ extern void cs_health_kafka_stats(CsWorkerSlot *slot, const char *json);
 extern void cs_health_assigned(CsWorkerSlot *slot);
 
 /*
- * Do the consumers of slots[i]'s database hold fewer partitions than their
- * topics have (or is the count unknown)?  Caller holds cs_shared->lock (or
- * passes a copy of the slots).
+ * Do the consumers of all[i]'s database hold fewer partitions than their
+ * topics have (or is the count unknown)?  all: the CS_MAX_WORKERS slots'
+ * statuses (cs_shmem_read_all()).
  */
-extern bool cs_health_assignment_short(const CsWorkerSlot *slots, int i,
+extern bool cs_health_assignment_short(const CsWorkerStatus *all, int i,
 									   int *held, int *total);
 
 #endif							/* CS_HEALTH_H */

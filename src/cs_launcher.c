@@ -105,19 +105,8 @@ settings_fingerprint(uint64 file_digest)
 static void
 show_file_problem(int i, const char *problem, bool waiting)
 {
-	CsWorkerSlot *slot = &cs_shared->slots[i];
-
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	if (problem[0] != '\0' && strcmp(slot->last_error, problem) != 0)
-	{
-		strlcpy(slot->last_error, problem, sizeof(slot->last_error));
-		slot->last_error_at = GetCurrentTimestamp();
-	}
-	else if (problem[0] == '\0' && strcmp(slot->last_error, file_problem) == 0)
-		slot->last_error[0] = '\0';
-	if (waiting)
-		strlcpy(slot->state, "waiting", sizeof(slot->state));
-	LWLockRelease(cs_shared->lock);
+	cs_shmem_show_problem(cs_shmem_slot(i), problem, file_problem,
+						  waiting ? CS_STATE_WAITING : -1);
 }
 
 /*
@@ -270,7 +259,7 @@ start_worker(int i)
 	if (!RegisterDynamicBackgroundWorker(&bgw, &s->handle))
 	{
 		s->handle = NULL;
-		cs_shmem_set_error(&cs_shared->slots[i], "no free background worker slot");
+		cs_shmem_set_error(cs_shmem_slot(i), "no free background worker slot");
 		ereport(WARNING,
 				(errmsg("citizen_sync: could not start \"%s\": no free background worker slot", bgw.bgw_name),
 				 errhint("Raise max_worker_processes (one launcher, one consumer per database, one publisher)."),
@@ -291,8 +280,8 @@ static void
 schedule_restart(int i)
 {
 	LaunchState *s = &launch[i];
-	CsWorkerSlot *slot = &cs_shared->slots[i];
-	bool		failed = strcmp(slot->state, "stopped") != 0;
+	CsWorkerSlot *slot = cs_shmem_slot(i);
+	bool		failed = cs_shmem_get_state(slot) != CS_STATE_STOPPED;
 	TimestampTz now = GetCurrentTimestamp();
 	long		max_ms = cs_restart_delay_s * 1000L;
 
@@ -305,13 +294,7 @@ schedule_restart(int i)
 	if (failed)
 	{
 		file_check_due = true;	/* the file may be why: look before the restart */
-		LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-		if (slot->last_error[0] == '\0')
-			snprintf(slot->last_error, sizeof(slot->last_error),
-					 "worker exited with an error (see the server log)");
-		slot->last_error_at = now;
-		snprintf(slot->state, sizeof(slot->state), "restarting");
-		LWLockRelease(cs_shared->lock);
+		cs_shmem_note_restart(slot);
 	}
 	s->next_start_at = TimestampTzPlusMilliseconds(now, s->backoff_ms);
 }
@@ -356,18 +339,9 @@ static void
 hold_slot(int i, const char *reason, bool warn)
 {
 	LaunchState *s = &launch[i];
-	CsWorkerSlot *slot = &cs_shared->slots[i];
 
 	cs_shmem_configure_slot(i, s->kind, s->database, s->role, s->group_id);
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	if (strcmp(slot->held_back, reason) != 0)
-	{
-		strlcpy(slot->held_back, reason, sizeof(slot->held_back));
-		strlcpy(slot->last_error, reason, sizeof(slot->last_error));
-		slot->last_error_at = GetCurrentTimestamp();
-	}
-	strlcpy(slot->state, "waiting", sizeof(slot->state));
-	LWLockRelease(cs_shared->lock);
+	(void) cs_shmem_set_held_back(cs_shmem_slot(i), reason);
 	if (warn && strcmp(s->held, reason) != 0)
 		ereport(WARNING,
 				(errmsg("citizen_sync: %s; the %s waits for it", reason,
@@ -389,6 +363,7 @@ may_start(int i, TimestampTz now, TimestampTz *recheck_at)
 	LaunchState *s = &launch[i];
 	int			affects = s->kind == CS_WORKER_CONSUMER ? CS_AFFECTS_CONSUMERS : CS_AFFECTS_PUBLISHER;
 	TimestampTz retire_until;
+	CsWorkerStatus st;
 	char		why[256];
 
 	*recheck_at = TimestampTzPlusMilliseconds(now, cs_restart_delay_s * 1000L);
@@ -401,9 +376,7 @@ may_start(int i, TimestampTz now, TimestampTz *recheck_at)
 		*recheck_at = DT_NOEND;	/* until a reload */
 		return false;
 	}
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
-	retire_until = cs_shared->slots[i].retire_until;
-	LWLockRelease(cs_shared->lock);
+	retire_until = cs_shmem_read_status(i, &st, false) ? st.retire_until : 0;
 	if (retire_until > now)
 	{
 		snprintf(why, sizeof(why), "stopped for DROP DATABASE \"%s\"", s->database);
@@ -418,11 +391,7 @@ may_start(int i, TimestampTz now, TimestampTz *recheck_at)
 	}
 	if (s->held[0] != '\0')
 	{
-		LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-		cs_shared->slots[i].held_back[0] = '\0';
-		if (strcmp(cs_shared->slots[i].last_error, s->held) == 0)
-			cs_shared->slots[i].last_error[0] = '\0';
-		LWLockRelease(cs_shared->lock);
+		(void) cs_shmem_set_held_back(cs_shmem_slot(i), "");
 		s->held[0] = '\0';
 	}
 	return true;
@@ -443,14 +412,14 @@ stop_orphans(void)
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 	{
 		pid_t		pid = cs_shmem_attached_pid(i);
-		CsWorkerSlot *slot = &cs_shared->slots[i];
+		CsWorkerSlot *slot = cs_shmem_slot(i);
 
 		if (pid == 0)
 			continue;
 		ereport(LOG,
 				(errmsg("citizen_sync: stopping the %s for database \"%s\" (pid %d) that a previous launcher started",
-						slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
-						slot->database, (int) pid)));
+						cs_shmem_kind_name(cs_shmem_slot_kind(slot)),
+						cs_shmem_slot_database(slot), (int) pid)));
 		(void) kill(pid, SIGTERM);
 	}
 }
@@ -594,24 +563,13 @@ cs_launcher_prepare_dropdb(const char *dbname)
 {
 	Oid			dboid = get_database_oid(dbname, true);
 	pid_t		pids[CS_MAX_WORKERS];
-	int			n = 0;
+	int			n;
 	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), CS_DROPDB_HOLD_MS);
 
-	if (cs_shared == NULL || !OidIsValid(dboid) ||
+	if (!cs_shmem_ready() || !OidIsValid(dboid) ||
 		!pg_database_ownercheck(dboid, GetUserId()))
 		return;					/* PostgreSQL will refuse the statement */
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < CS_MAX_WORKERS; i++)
-	{
-		CsWorkerSlot *slot = &cs_shared->slots[i];
-
-		if (slot->kind == CS_WORKER_NONE || strcmp(slot->database, dbname) != 0)
-			continue;
-		slot->retire_until = until;
-		if (slot->pid != 0)
-			pids[n++] = slot->pid;
-	}
-	LWLockRelease(cs_shared->lock);
+	n = cs_shmem_retire_database(dbname, until, pids);
 	for (int i = 0; i < n; i++)
 	{
 		ereport(LOG,

@@ -32,7 +32,7 @@ wake_publisher_at_commit(XactEvent event, void *arg)
 		return;
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
-		procno = cs_shared ? cs_shared->publisher_pgprocno : -1;
+		procno = cs_shmem_publisher_pgprocno();
 		if (procno >= 0 && procno < (int) ProcGlobal->allProcCount)
 			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}

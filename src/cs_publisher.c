@@ -626,8 +626,8 @@ expire_reports(Publisher *p)
 	}
 	if (expired > 0)
 		ereport(LOG,
-				(errmsg("citizen_sync: publisher: %d delivery report(s) missing after %ld ms; the rows will be sent again",
-						expired, p->report_timeout_ms)));
+				(errmsg("citizen_sync: publisher for database \"%s\": %d delivery report(s) missing after %ld ms; the rows will be sent again",
+						cs_shmem_slot_database(p->slot), expired, p->report_timeout_ms)));
 }
 
 /*
@@ -720,8 +720,8 @@ log_set_aside(Publisher *p, int nset)
 			continue;
 		logged++;
 		ereport(WARNING,
-				(errmsg("citizen_sync: publisher: outbox row " INT64_FORMAT " set aside: %s",
-						row->id, rd_kafka_err2str(row->err)),
+				(errmsg("citizen_sync: publisher for database \"%s\": outbox row " INT64_FORMAT " set aside: %s",
+						cs_shmem_slot_database(p->slot), row->id, rd_kafka_err2str(row->err)),
 				 errdetail("Kafka refused the event of key %s for topic %s for good. The later changes of %s wait behind it; other keys are still published.",
 						   row->key, row->topic, row->key),
 				 errhint("Fix the cause, then run: SELECT * FROM citizen_sync.retry_set_aside(ARRAY[" INT64_FORMAT "]);",
@@ -729,8 +729,8 @@ log_set_aside(Publisher *p, int nset)
 	}
 	if (nset > logged)
 		ereport(WARNING,
-				(errmsg("citizen_sync: publisher: %d more outbox row(s) set aside at the same time",
-						nset - logged),
+				(errmsg("citizen_sync: publisher for database \"%s\": %d more outbox row(s) set aside at the same time",
+						cs_shmem_slot_database(p->slot), nset - logged),
 				 errhint("See SELECT id, aggregate_type, aggregate_id, last_error FROM citizen_sync.outbox WHERE set_aside_at IS NOT NULL;")));
 }
 
@@ -796,24 +796,16 @@ mark_step(void *arg)
 static void
 count_marked(Publisher *p, MarkArgs *a)
 {
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	p->slot->published += a->nok;
-	p->slot->publish_failures += a->nbad;
-	p->slot->batches++;
-	p->slot->last_batch_at = GetCurrentTimestamp();
-	if (a->nok > 0)
-		p->slot->last_delivery_at = p->slot->last_batch_at;
-	else if (a->nbad > a->nset)
-		p->slot->last_failure_at = p->slot->last_batch_at;
-	strlcpy(p->slot->state, a->nbad > a->nset ? "retrying" : "running", sizeof(p->slot->state));
+	char		error[512];
+
 	if (a->nset)
-		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
+		snprintf(error, sizeof(error),
 				 "%d outbox row(s) set aside (refused for good): %s", a->nset, a->last_err);
 	else if (a->nbad)
-		snprintf(p->slot->last_error, sizeof(p->slot->last_error),
+		snprintf(error, sizeof(error),
 				 "delivery failed for %d row(s): %s", a->nbad, a->last_err);
-	p->slot->last_error_at = a->nbad ? GetCurrentTimestamp() : p->slot->last_error_at;
-	LWLockRelease(cs_shared->lock);
+	cs_shmem_count_publish(p->slot, a->nok, a->nbad, a->nok > 0, a->nbad > a->nset,
+						   a->nbad > a->nset, a->nbad ? error : NULL);
 }
 
 /*
@@ -899,7 +891,8 @@ replace_producer_if_fatal(Publisher *p)
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		return;
 	ereport(WARNING,
-			(errmsg("citizen_sync: publisher: fatal Kafka producer error: %s", errstr),
+			(errmsg("citizen_sync: publisher for database \"%s\": fatal Kafka producer error: %s",
+					cs_shmem_slot_database(p->slot), errstr),
 			 errdetail("The producer is replaced; the rows it did not deliver are sent again.")));
 	drain_reports(p);
 	for (int i = 0; i < p->capacity; i++)
@@ -958,7 +951,8 @@ kafka_start(Publisher *p)
 	if (p->rk == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: could not create a Kafka producer: %s", errstr)));
+				 errmsg("citizen_sync: publisher for database \"%s\": could not create a Kafka producer: %s",
+						cs_shmem_slot_database(p->slot), errstr)));
 	p->queue = rd_kafka_queue_get_main(p->rk);
 	rd_kafka_set_log_queue(p->rk, NULL);
 	cs_waiter_init(&p->waiter, p->queue);
@@ -1062,13 +1056,13 @@ cs_publisher_main(Datum arg)
 
 	memset(&p, 0, sizeof(p));
 	cs_worker_setup_signals();
-	p.slot = cs_shmem_attach(DatumGetInt32(arg));
-	BackgroundWorkerInitializeConnection(p.slot->database, NULL, 0);
+	p.slot = cs_shmem_attach(DatumGetInt32(arg), NULL, NULL);
+	BackgroundWorkerInitializeConnection(cs_shmem_slot_database(p.slot), NULL, 0);
 	pgstat_report_appname("citizen_sync publisher");
 	cs_worker_session_settings();
 	while (!cs_got_sigterm && !extension_ready(msg, sizeof(msg), hint, sizeof(hint)))
 	{
-		cs_shmem_set_state(p.slot, "waiting");
+		cs_shmem_set_state(p.slot, CS_STATE_WAITING);
 		cs_shmem_set_error(p.slot, msg);
 		if (strcmp(msg, last_msg) != 0)	/* once per reason */
 			ereport(WARNING,
@@ -1087,7 +1081,7 @@ cs_publisher_main(Datum arg)
 									   ALLOCSET_DEFAULT_SIZES);
 	kafka_start(&p);
 	(void) cs_worker_try(p.slot, warm_up_step, &p);
-	cs_shmem_set_state(p.slot, "running");
+	cs_shmem_set_state(p.slot, CS_STATE_RUNNING);
 	while (!cs_got_sigterm)
 	{
 		pipeline_step(&p);

@@ -211,10 +211,7 @@ cs_settings_refresh(const char **why)
 	TimestampTz now = GetCurrentTimestamp();
 
 	*why = NULL;
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
-	nbefore = cs_shared->nconfig_problems;
-	memcpy(before, cs_shared->config_problems, sizeof(before));
-	LWLockRelease(cs_shared->lock);
+	nbefore = cs_shmem_get_config_problems(before);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -250,9 +247,6 @@ cs_settings_refresh(const char **why)
 	if (n_startup_invalid > 0)
 		*why = startup_invalid[0];
 
-	LWLockAcquire(cs_shared->lock, LW_EXCLUSIVE);
-	cs_shared->nconfig_problems = n;
-	memcpy(cs_shared->config_problems, problems, sizeof(CsConfigProblem) * n);
-	LWLockRelease(cs_shared->lock);
+	cs_shmem_set_config_problems(problems, n);
 	return hold;
 }

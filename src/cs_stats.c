@@ -3,8 +3,9 @@
  *	  SQL functions reading the workers' shared-memory state; the views
  *	  citizen_sync.worker_stats, consumer_stats and consumer_lag sit on top.
  *
- * A snapshot of all slots is copied under the shared lock, then turned into
- * rows without holding it.
+ * Each slot is copied on its own (cs_shmem_read_status/_partitions: one
+ * consistent moment per slot, never the whole segment), then turned into
+ * rows without holding its lock.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -22,23 +23,6 @@ PG_FUNCTION_INFO_V1(citizen_sync_partition_stats);
 
 #define WORKER_STATS_COLS 20
 
-/* Copy all slots under the lock. */
-static CsWorkerSlot *
-snapshot_slots(void)
-{
-	CsWorkerSlot *copy = palloc(sizeof(CsWorkerSlot) * CS_MAX_WORKERS);
-
-	if (cs_shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("citizen_sync shared memory is not initialised"),
-				 errhint("Add citizen_sync to shared_preload_libraries and restart the server.")));
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
-	memcpy(copy, cs_shared->slots, sizeof(CsWorkerSlot) * CS_MAX_WORKERS);
-	LWLockRelease(cs_shared->lock);
-	return copy;
-}
-
 static Datum
 nullable_ts(TimestampTz ts, bool *isnull)
 {
@@ -55,13 +39,8 @@ nullable_text(const char *s, bool *isnull)
 
 /* Fill one worker_stats row from a slot. */
 static void
-worker_row(const CsWorkerSlot *s, Datum *v, bool *n)
+worker_row(const CsWorkerStatus *s, Datum *v, bool *n)
 {
-	int64		lag = 0;
-
-	for (int p = 0; p < s->npartitions; p++)
-		if (s->partitions[p].high_watermark >= 0)
-			lag += Max(0, s->partitions[p].high_watermark - s->partitions[p].next_offset);
 	memset(n, 0, sizeof(bool) * WORKER_STATS_COLS);
 	v[0] = CStringGetTextDatum(cs_shmem_kind_name(s->kind));
 	v[1] = CStringGetTextDatum(s->database);
@@ -69,7 +48,7 @@ worker_row(const CsWorkerSlot *s, Datum *v, bool *n)
 	v[3] = nullable_text(s->group_id, &n[3]);
 	v[4] = Int32GetDatum(s->pid);
 	n[4] = (s->pid == 0);
-	v[5] = CStringGetTextDatum(s->state);
+	v[5] = CStringGetTextDatum(cs_shmem_state_name(s->state));
 	v[6] = nullable_ts(s->started_at, &n[6]);
 	v[7] = Int32GetDatum(s->npartitions);
 	v[8] = Int64GetDatum(s->results[CS_RESULT_APPLIED]);
@@ -80,7 +59,7 @@ worker_row(const CsWorkerSlot *s, Datum *v, bool *n)
 	v[13] = Int64GetDatum(s->dead_lettered);
 	v[14] = Int64GetDatum(s->batches);
 	v[15] = nullable_ts(s->last_batch_at, &n[15]);
-	v[16] = Int64GetDatum(lag);
+	v[16] = Int64GetDatum(s->lag);
 	v[17] = Int64GetDatum(s->published);
 	v[18] = nullable_text(s->last_error, &n[18]);
 	v[19] = nullable_ts(s->last_error_at, &n[19]);
@@ -91,18 +70,18 @@ Datum
 citizen_sync_worker_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CsWorkerSlot *slots;
 
 	InitMaterializedSRF(fcinfo, 0);
-	slots = snapshot_slots();
+	cs_shmem_require();
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 	{
+		CsWorkerStatus st;
 		Datum		v[WORKER_STATS_COLS];
 		bool		n[WORKER_STATS_COLS];
 
-		if (slots[i].kind == CS_WORKER_NONE)
+		if (!cs_shmem_read_status(i, &st, true))
 			continue;
-		worker_row(&slots[i], v, n);
+		worker_row(&st, v, n);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	PG_RETURN_VOID();
@@ -113,28 +92,31 @@ Datum
 citizen_sync_partition_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CsWorkerSlot *slots;
 
 	InitMaterializedSRF(fcinfo, 0);
-	slots = snapshot_slots();
+	cs_shmem_require();
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 	{
-		for (int p = 0; p < slots[i].npartitions; p++)
+		CsPartitions *ps = cs_shmem_read_partitions(i);
+
+		for (int p = 0; ps && p < ps->n; p++)
 		{
-			const CsPartitionState *ps = &slots[i].partitions[p];
+			const CsPartitionPosition *pos = &ps->positions[p];
 			Datum		v[7];
 			bool		n[7] = {false, false, false, false, false, false, false};
 
-			v[0] = CStringGetTextDatum(slots[i].database);
-			v[1] = CStringGetTextDatum(slots[i].group_id);
-			v[2] = CStringGetTextDatum(ps->topic);
-			v[3] = Int32GetDatum(ps->partition);
-			v[4] = Int64GetDatum(ps->next_offset);
-			v[5] = Int64GetDatum(ps->high_watermark);
-			n[5] = n[6] = (ps->high_watermark < 0);
-			v[6] = Int64GetDatum(Max(0, ps->high_watermark - ps->next_offset));
+			v[0] = CStringGetTextDatum(ps->database);
+			v[1] = CStringGetTextDatum(ps->group_id);
+			v[2] = CStringGetTextDatum(cs_partition_topic(ps, p));
+			v[3] = Int32GetDatum(pos->partition);
+			v[4] = Int64GetDatum(pos->next_offset);
+			v[5] = Int64GetDatum(pos->high_watermark);
+			n[5] = n[6] = (pos->high_watermark < 0);
+			v[6] = Int64GetDatum(Max(0, pos->high_watermark - pos->next_offset));
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 		}
+		if (ps)
+			pfree(ps);
 	}
 	PG_RETURN_VOID();
 }
@@ -150,27 +132,28 @@ Datum
 citizen_sync_latency_histogram(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CsWorkerSlot *slots;
 
 	InitMaterializedSRF(fcinfo, 0);
-	slots = snapshot_slots();
+	cs_shmem_require();
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 	{
+		CsWorkerStatus st;
+		CsWorkerStatus *s = &st;
 		int64		cumulative = 0;
 
-		if (slots[i].kind != CS_WORKER_CONSUMER)
+		if (!cs_shmem_read_status(i, &st, false) || st.kind != CS_WORKER_CONSUMER)
 			continue;
 		for (int b = 0; b < CS_LATENCY_BUCKETS; b++)
 		{
 			Datum		v[5];
 			bool		n[5] = {false, false, false, false, false};
 
-			cumulative += slots[i].latency_buckets[b];
-			v[0] = CStringGetTextDatum(slots[i].database);
+			cumulative += s->latency_buckets[b];
+			v[0] = CStringGetTextDatum(s->database);
 			v[1] = Float8GetDatum(cs_latency_bounds_ms[b]);
 			v[2] = Int64GetDatum(cumulative);
-			v[3] = Int64GetDatum(slots[i].latency_count);
-			v[4] = Float8GetDatum(slots[i].latency_sum_ms);
+			v[3] = Int64GetDatum(s->latency_count);
+			v[4] = Float8GetDatum(s->latency_sum_ms);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 		}
 	}
@@ -188,23 +171,23 @@ citizen_sync_fresh_as_of(PG_FUNCTION_ARGS)
 {
 	const char *db = NameStr(*PG_GETARG_NAME(0));
 	TimestampTz ts = 0;
+	CsWorkerStatus *all;
 
-	if (cs_shared == NULL)
+	if (!cs_shmem_ready())
 		PG_RETURN_NULL();
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
+	all = cs_shmem_read_all(false);
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
-		if (cs_shared->slots[i].kind == CS_WORKER_CONSUMER &&
-			cs_shared->slots[i].pid != 0 &&
-			strcmp(cs_shared->slots[i].database, db) == 0)
+		if (all[i].kind == CS_WORKER_CONSUMER && all[i].pid != 0 &&
+			strcmp(all[i].database, db) == 0)
 		{
 			int			held,
 						total;
 
-			ts = cs_shared->slots[i].caught_up_at;
-			if (cs_health_assignment_short(cs_shared->slots, i, &held, &total))
+			ts = all[i].caught_up_at;
+			if (cs_health_assignment_short(all, i, &held, &total))
 				ts = 0;
 		}
-	LWLockRelease(cs_shared->lock);
+	pfree(all);
 	if (ts == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(ts);
@@ -215,11 +198,11 @@ PG_FUNCTION_INFO_V1(citizen_sync_config_problems);
 
 #define WORKER_HEALTH_COLS 17
 
-/* Fill one worker_health row from slot i of a copy of the slots. */
+/* Fill one worker_health row from slot i of the slots' statuses. */
 static void
-health_row(const CsWorkerSlot *slots, int i, Datum *v, bool *n)
+health_row(const CsWorkerStatus *slots, int i, Datum *v, bool *n)
 {
-	const CsWorkerSlot *s = &slots[i];
+	const CsWorkerStatus *s = &slots[i];
 	int			held = 0,
 				total = 0;
 	bool		is_short = false;
@@ -232,7 +215,7 @@ health_row(const CsWorkerSlot *slots, int i, Datum *v, bool *n)
 	v[2] = nullable_text(s->group_id, &n[2]);
 	v[3] = Int32GetDatum(s->pid);
 	n[3] = (s->pid == 0);
-	v[4] = CStringGetTextDatum(s->state);
+	v[4] = CStringGetTextDatum(cs_shmem_state_name(s->state));
 	v[5] = nullable_ts(s->pid ? s->started_at : 0, &n[5]);
 	v[6] = nullable_text(s->held_back, &n[6]);
 	v[7] = nullable_ts(s->pid ? s->kafka_stats_at : 0, &n[7]);
@@ -256,10 +239,11 @@ Datum
 citizen_sync_worker_health(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CsWorkerSlot *slots;
+	CsWorkerStatus *slots;
 
 	InitMaterializedSRF(fcinfo, 0);
-	slots = snapshot_slots();
+	cs_shmem_require();
+	slots = cs_shmem_read_all(false);
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
 	{
 		Datum		v[WORKER_HEALTH_COLS];
@@ -282,12 +266,7 @@ citizen_sync_config_problems(PG_FUNCTION_ARGS)
 	int			nproblems;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (cs_shared == NULL)
-		PG_RETURN_VOID();
-	LWLockAcquire(cs_shared->lock, LW_SHARED);
-	nproblems = cs_shared->nconfig_problems;
-	memcpy(problems, cs_shared->config_problems, sizeof(CsConfigProblem) * nproblems);
-	LWLockRelease(cs_shared->lock);
+	nproblems = cs_shmem_get_config_problems(problems);
 	for (int i = 0; i < nproblems; i++)
 	{
 		Datum		v[5];

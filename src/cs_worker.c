@@ -132,8 +132,8 @@ worker_context(void *arg)
 	const CsWorkerSlot *slot = (const CsWorkerSlot *) arg;
 
 	errcontext("citizen_sync %s for database \"%s\"",
-			   slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
-			   slot->database);
+			   cs_shmem_kind_name(cs_shmem_slot_kind(slot)),
+			   cs_shmem_slot_database(slot));
 }
 
 /* Keep a caught error in the slot (last_error) and in its error ring. */
@@ -144,7 +144,7 @@ record_error(CsWorkerSlot *slot, const ErrorData *edata)
 	edata->detail, edata->hint, edata->context};
 
 	cs_shmem_set_error(slot, edata->message);
-	cs_shmem_set_state(slot, "error");
+	cs_shmem_set_state(slot, CS_STATE_ERROR);
 	cs_errors_add(slot, &r);
 }
 
@@ -314,8 +314,8 @@ cs_worker_log_kafka_condition(const char *what, const char *text)
 		return;
 	ereport(LOG,
 			(errmsg("citizen_sync: %s for database \"%s\": kafka %s: %s",
-					slot && slot->kind == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
-					slot ? slot->database : "?", what, text),
+					slot && cs_shmem_slot_kind(slot) == CS_WORKER_PUBLISHER ? "publisher" : "consumer",
+					slot ? cs_shmem_slot_database(slot) : "?", what, text),
 			 suppressed > 0 ?
 			 errdetail_internal("%lld similar line(s) suppressed in the last %d s.",
 								(long long) suppressed, CS_LOG_REPEAT_INTERVAL_S) : 0,

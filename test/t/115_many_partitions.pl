@@ -22,42 +22,45 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-use CitizenSyncTest;
+use CitizenSync::Broker;
+use CitizenSync::Node;
+use CitizenSync::Events;
+use CitizenSync::Check qw(poll_until);
 
-my $db = $CitizenSyncTest::DB;
+my $db = $CitizenSync::Node::DB;
 my $topic = 'gov.auth.citizen';
 my $np = 1000;
 
-my $broker = CitizenSyncTest::start_broker(topics => ["$topic:$np"], brokers => 2);
+my $broker = CitizenSync::Broker::start_broker(topics => ["$topic:$np"], brokers => 2);
 $broker->spread_leaders($topic, $np, 2);
-my $node = CitizenSyncTest::new_node('many_partitions', $broker);
+my $node = CitizenSync::Node::new_node('many_partitions', $broker);
 
 # 1. All partitions recorded and shown.
-CitizenSyncTest::wait_assigned($node, $db, $np, "consumer_lag shows all $np partitions");
+CitizenSync::Check::wait_assigned($node, $db, $np, "consumer_lag shows all $np partitions");
 is( $node->safe_psql($db, q{
 SELECT count(DISTINCT partition) || '/' || min(partition) || '/' || max(partition)
   FROM citizen_sync.consumer_lag}),
 	"$np/0/" . ($np - 1), 'one row per partition, 0 .. 999');
 is($node->safe_psql($db, q{SELECT partitions FROM citizen_sync.consumer_stats}),
 	$np, "consumer_stats: $np partitions");
-ok( $node->poll_query_until($db, qq{
+ok( poll_until($node, $db, qq{
 SELECT topic_partitions = $np AND assigned_partitions = $np AND partial_assignment = 0
   FROM citizen_sync.worker_health WHERE kind = 'consumer'}),
 	"worker_health: $np of $np partitions, not partial");
 
 # 2. Applied and fresh.
-my $m = CitizenSyncTest::new_model(seed => 115);
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 1 .. 3000 ], tag => 'a'));
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'the cache holds every citizen');
-ok( $node->poll_query_until($db, q{
+my $m = CitizenSync::Events::new_model(seed => 115);
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 1 .. 3000 ], tag => 'a'));
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'the cache holds every citizen');
+ok( poll_until($node, $db, q{
 SELECT count(*) FILTER (WHERE high_watermark IS NOT NULL AND lag = 0) || '/'
        || count(DISTINCT partition) FILTER (WHERE next_offset > 0)
   FROM citizen_sync.consumer_lag},
 		"$np/" . scalar(grep { $_->[1] > 0 } values %{ $broker->offsets($topic)->{partitions} })),
 	'every partition has a known watermark and no lag; positions moved on every partition that holds events');
-ok($node->poll_query_until($db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
+ok(poll_until($node, $db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
 	'fresh_as_of() is not NULL once caught up');
 is( $node->safe_psql($db, q{
 SELECT status || '/' || not_fresh FROM citizen_sync.worker_health WHERE kind = 'consumer'}),
@@ -68,8 +71,8 @@ SELECT status || '/' || not_fresh FROM citizen_sync.worker_health WHERE kind = '
 # partition 0 (broker 1) keep it applying.  The views answer promptly all
 # along.
 $broker->down(2);
-CitizenSyncTest::produce($broker, $topic,
-	CitizenSyncTest::add_events($m, citizens => [ 1 .. 200 ], tag => 'b'),
+$broker->produce($topic,
+	CitizenSync::Events::add_events($m, citizens => [ 1 .. 200 ], tag => 'b'),
 	partition => 0, check_retention => 0);
 my ($slowest, $failed) = (0, 0);
 my $deadline = time + 8;
@@ -88,9 +91,9 @@ SELECT citizen_sync.fresh_as_of();});
 is($failed, 0, 'with a broker down, every view query answered within its 1 s statement_timeout');
 diag(sprintf('slowest round of view queries: %.3f s', $slowest));
 $broker->up(2);
-CitizenSyncTest::load_expected($node, $db, $m);
-CitizenSyncTest::wait_converged($node, $db, 'after the broker is back, the cache converges');
-ok($node->poll_query_until($db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
+CitizenSync::Check::load_expected($node, $db, $m);
+CitizenSync::Check::wait_converged($node, $db, 'after the broker is back, the cache converges');
+ok(poll_until($node, $db, 'SELECT citizen_sync.fresh_as_of() IS NOT NULL'),
 	'and is fresh again');
 
 $node->stop;

@@ -16,7 +16,10 @@ use lib "$FindBin::RealBin/../perl";
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use CitizenSyncE2E qw(:all);
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Events qw(:all);
+use CitizenSync::Check qw(:all);
 
 my $kafka = start_broker(topics => ["$TOPIC:1"]);
 my $node = start_pipeline('publisher_log', $kafka);

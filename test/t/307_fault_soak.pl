@@ -12,8 +12,9 @@
 # fixed rate.  Faults, drawn from a seeded PRNG: kill -9 of a consumer or
 # of the publisher (the instance goes through crash recovery), SIGTERM of a
 # worker, immediate restart of an instance, every broker down, one broker
-# down, high round-trip time, the clone joining or leaving, and revenue_db
-# leaving and rejoining citizen_sync.databases.
+# down, high round-trip time, errors in the brokers' answers (Produce,
+# Fetch, OffsetCommit, Heartbeat), the clone joining or leaving, and
+# revenue_db leaving and rejoining citizen_sync.databases.
 #
 # Then the load stops, the faults are healed and, with deadlines: the
 # outbox drains; each full cache equals the source (live rows field by
@@ -218,6 +219,29 @@ my %nodes = (auth => $auth, svc => $svc, clone => $clone);
 
 sub pick { return $_[ int(rand(@_)) ]; }
 
+# pg_ctl stop in $mode, timed; a stop that fails (PGCTLTIMEOUT) or takes
+# over 10 s (workers promise 3 s) is a test failure, not a bail-out.
+my $slowest_stop = 0;
+
+sub stop_node
+{
+	my ($node, $mode) = @_;
+	local $ENV{PGCTLTIMEOUT} = 30;
+	my $start = time;
+	my $ok = $node->stop($mode, fail_ok => 1);
+	my $took = time - $start;
+
+	$slowest_stop = $took if $mode eq 'fast' && $took > $slowest_stop;
+	if (!$ok || ($mode eq 'fast' && $took > 10))
+	{
+		fail(sprintf('pg_ctl stop -m %s of %s %s after %.1f s', $mode, $node->name,
+				$ok ? 'completed only' : 'failed', $took));
+		diag(join('', (split /^/m, slurp_file($node->logfile))[-40 .. -1]));
+		$node->stop('immediate', fail_ok => 1) unless $ok;
+	}
+	return;
+}
+
 sub running_nodes { return grep { $_ ne 'clone' || $clone_up } sort keys %nodes; }
 
 # Pids of the running workers of a kind ('consumer', 'publisher') on $node
@@ -271,7 +295,7 @@ my %faults = (
 				grep { $_->[0] ne 'clone' || $clone_up } @consumers) } ],
 	immediate_restart => [ 2, sub {
 			my $name = pick(running_nodes());
-			$nodes{$name}->stop('immediate');
+			stop_node($nodes{$name}, 'immediate');
 			$nodes{$name}->start;
 			return $name;
 		} ],
@@ -296,11 +320,26 @@ my %faults = (
 			broker_heal_later($s, sub { $kafka->rtt($id, 0) }, "broker $id rtt 0");
 			return "broker $id +$ms ms for $s s";
 		} ],
+	request_errors => [ 1.5, sub {
+			# [API key, error, what]: retriable or transient errors only (a
+			# permanent Produce error sets the row aside, by design)
+			my ($api, $err, $what) = @{ pick(
+					[ 0, -1, 'Produce UNKNOWN_SERVER_ERROR' ],
+					[ 0, 6, 'Produce NOT_LEADER_OR_FOLLOWER' ],
+					[ 0, 45, 'Produce OUT_OF_ORDER_SEQUENCE_NUMBER' ],
+					[ 0, -195, 'Produce disconnect' ],
+					[ 1, -195, 'Fetch disconnect' ],
+					[ 8, 27, 'OffsetCommit REBALANCE_IN_PROGRESS' ],
+					[ 12, 27, 'Heartbeat REBALANCE_IN_PROGRESS' ]) };
+			my $n = 1 + int(rand(3));
+			$kafka->push_errors($api, $err, $n);
+			return "$n x $what";
+		} ],
 	clone_joins_or_leaves => [ 1.5, sub {
 			if ($clone_up)
 			{
 				return undef if time - $clone_up < 10;    # stay long enough for a rebalance
-				$clone->stop('fast');
+				stop_node($clone, 'fast');
 				$clone_up = 0;
 				return 'leaves';
 			}
@@ -378,7 +417,7 @@ ok(eval { $writer->finish; 1 }, 'the writer stopped') or diag($@);
 set_revenue(1) unless $revenue_listed;
 if ($clone_up)
 {
-	$clone->stop('fast');
+	stop_node($clone, 'fast');
 	$clone_up = 0;
 	push @log, [ time - $t0, 'heal', 'clone leaves' ];
 }
@@ -471,7 +510,12 @@ sub check_cache
 	if ($full)
 	{
 		# Last state once more (nothing moved since the wait above).
-		is(cache_state($node, $db), source_state($auth), "$label: the cache equals the source");
+		my %want = map { (split /\|/)[0] => $_ } split /\n/, source_state($auth);
+		my %got = map { (split /\|/)[0] => $_ } split /\n/, cache_state($node, $db);
+		my @diff = map { "citizen $_: source " . ($want{$_} // 'none') . ', cache ' . ($got{$_} // 'none') }
+		  grep { ($want{$_} // '') ne ($got{$_} // '') } sort { $a <=> $b } keys %{ { %want, %got } };
+		is(scalar(@diff), 0, "$label: the cache equals the source (" . scalar(keys %want) . ' citizens)')
+		  or diag(join("\n", @diff[ 0 .. ($#diff < 9 ? $#diff : 9) ]));
 		is( $node->safe_psql($db, qq{
 SELECT coalesce(string_agg(citizen_id || '|' || concat_ws('|', $cache_fields), E'\\n'
                            ORDER BY citizen_id), '')
@@ -568,7 +612,7 @@ for my $m (@events)
 wait_cache_equals_source($auth, $clone, 'permits_db', 90,
 	"clone permits_db catches up on its partitions ($mine)", [ keys %others ]);
 $summary{'clone permits_db'} = check_cache($clone, 'permits_db', 'clone permits_db', 0);
-$clone->stop('fast');
+stop_node($clone, 'fast');
 
 # --- summary ---------------------------------------------------------------------
 
@@ -579,6 +623,7 @@ $report .= sprintf("  %-30s %8d %8d\n", $_, $injected{$_} // 0, $skipped{$_} // 
 my $n_faults = 0;
 $n_faults += $_ for values %injected;
 $report .= sprintf("  %-30s %8d\n", 'total', $n_faults);
+$report .= sprintf("  slowest pg_ctl stop -m fast: %.1f s\n", $slowest_stop);
 $report .= sprintf("  outbox rows (changes) %d (%d during the faults), topic messages %d (%d event ids)\n",
 	$outbox_rows, $outbox_rows - $outbox_before, scalar(@events), scalar(keys %topic_ids));
 $report .= sprintf("  %-18s %14s %14s %22s\n", 'cache', 'applications', 'processed ids', 'rows');
@@ -588,6 +633,6 @@ diag($report);
 note(join("\n", map { sprintf('%6.1f s  %-28s %s', @$_) } @log));
 cmp_ok($n_faults, '>=', int($soak_seconds / 10), "at least one fault every 10 s ($n_faults)");
 
-$_->stop('fast') for ($auth, $svc);
+stop_node($_, 'fast') for ($auth, $svc);
 $kafka->stop;
 done_testing();

@@ -32,6 +32,8 @@
 #   SOAK_SECONDS=n   length of the fault phase (default 90; the long mode
 #                    in README.md, e.g. 1800)
 #   SOAK_RATE=n      writer transactions per second (default 30)
+#   SOAK_WEIGHTS=kill9_publisher=5,high_rtt=0,...
+#                    other weights for the faults (names in the summary)
 #   SOAK_PLANT=1     damage the permits_db cache before the comparison:
 #                    the comparison must then fail (checks the checker)
 use strict;
@@ -352,6 +354,14 @@ my %faults = (
 			return $revenue_listed ? 'rejoins' : 'leaves';
 		} ],
 );
+# SOAK_WEIGHTS=name=w,... changes the weights (0 = never): targeted runs.
+for (split /,/, $ENV{SOAK_WEIGHTS} // '')
+{
+	my ($name, $w) = split /=/;
+	die "SOAK_WEIGHTS: no fault '$name' (" . join(', ', sort keys %faults) . ")\n"
+	  unless $faults{$name};
+	$faults{$name}[0] = $w;
+}
 my @names = sort keys %faults;
 my $total_weight = 0;
 $total_weight += $faults{$_}[0] for @names;

@@ -137,7 +137,7 @@ SELECT 'Citizen ' || i, 'c' || i || '@example.gov', '+1-555-' || i, i || ' Elm S
        'Springfield', lpad(i::text, 5, '0'), i % 2 = 0
   FROM generate_series(1, 300) AS i;
 });
-wait_outbox_drained($auth, 60, 'the first population is published');
+wait_outbox_drained($auth, 120, 'the first population is published');
 wait_cache_equals_source($auth, $svc, $_, 90, "$_ has the first population")
   for qw(permits_db revenue_db);
 

@@ -550,7 +550,7 @@ sub _state_diff
 
 	for my $id (sort { $a <=> $b } keys %{ { %w, %g } })
 	{
-		my ($a, $b) = ($w{$id} // '<missing>', $g{$id} // '<extra: not in source>');
+		my ($a, $b) = ($w{$id} // '<absent>', $g{$id} // '<absent>');
 		push @d, "citizen $id: source $a, cache $b" if $a ne $b;
 		last if @d >= 8;
 	}

@@ -52,10 +52,15 @@ sub no_secret_in_log
 sub write_properties
 {
 	my ($path, $mode, $content) = @_;
-	open my $fh, '>', $path or die "$path: $!";
+	my $tmp = "$path.tmp";
+
+	# Written aside and renamed: the launcher may read the file at any
+	# moment and must never see it half written.
+	open my $fh, '>', $tmp or die "$tmp: $!";
 	print $fh $content;
-	close $fh or die "$path: $!";
-	chmod $mode, $path or die "chmod $path: $!";
+	close $fh or die "$tmp: $!";
+	chmod $mode, $tmp or die "chmod $tmp: $!";
+	rename $tmp, $path or die "rename $tmp: $!";
 	return;
 }
 

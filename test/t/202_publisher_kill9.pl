@@ -20,11 +20,13 @@ use Test::More;
 
 my $kafka = start_broker();
 my $node = start_pipeline('kill9', $kafka,
-	conf => "citizen_sync.restart_delay = 1s\nrestart_after_crash = on\n");
+	conf => "citizen_sync.restart_delay = 1s\nrestart_after_crash = on\n"
+	  . "citizen_sync.publisher_batch_size = 500\n");
 
 # Slow every broker response down so that a publishing round (read up to
-# 1000 rows, produce them, wait for every delivery report, mark them) lasts
-# over a second: the kill then lands in the middle of a batch.
+# 500 rows, produce them, wait for their delivery reports, mark them) lasts
+# over a second: ~60 rounds, so that the kill lands in the middle of the
+# relay however slowly this test's own queries run on a loaded machine.
 $kafka->rtt(1, 1000);
 
 # ~30k changes in a few big transactions.

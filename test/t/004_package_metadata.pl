@@ -1,5 +1,3 @@
-# Copyright (c) 2026, the citizen_sync authors
-#
 # Package metadata agrees with itself and with the build: META.json is valid
 # JSON with the keys the PGXN meta spec 1.0.0 requires, names the version of
 # citizen_sync.control, the Makefile and debian/changelog, and a file that the

@@ -2,10 +2,17 @@
 #
 #   make                 build the extension library and its SQL scripts
 #   make install         install it into the server found by pg_config
-#   make installcheck    pg_regress suites on a temporary, preloaded instance
-#                        (TAP_TESTS=1 PROVE_TESTS='test/t/*.pl' also runs the TAP
-#                        tests; they need test/broker built: see test/run_all.sh)
-#   test/run_all.sh      everything, as CI does (installs what it needs)
+#   make installcheck    the pg_regress suites (sql/, expected/) on a temporary,
+#                        preloaded instance (UTF8, locale C), against the
+#                        INSTALLED extension: after `make install` (or the
+#                        Debian package), as a user other than root
+#   make check-tap       the TAP tests (test/t/*.pl, or PROVE_TESTS=...): builds
+#                        the embedded Kafka broker (test/broker) first; clusters
+#                        in locale C.UTF-8; same conditions as installcheck
+#   make check-all       both
+#   test/run_all.sh      everything, as CI does (installs what it needs, runs as
+#                        postgres when started as root, adds the broker smoke
+#                        test and the parser fuzzing)
 #
 # SQL layout:
 #   sql/install/*.sql                     the install script of EXTVERSION, one
@@ -59,3 +66,38 @@ check-version:
 	@grep -q "^default_version = '$(EXTVERSION)'" $(EXTENSION).control || \
 	  { echo "citizen_sync.control: default_version is not $(EXTVERSION)" >&2; exit 1; }
 .PHONY: check-version
+
+# --- tests ------------------------------------------------------------------
+# PostgreSQL refuses to run as root, and TAP clusters take their encoding from
+# the locale (SQL_ASCII in a root shell without LANG): the test targets check
+# the first and set the second.
+CS_TEST_LOCALE ?= C.UTF-8
+PROVE_TESTS    ?= test/t/*.pl
+
+installcheck check-tap: export LC_ALL = $(CS_TEST_LOCALE)
+installcheck check-tap: export LANG = $(CS_TEST_LOCALE)
+installcheck: test-prereqs
+
+check-tap: test-prereqs test-broker
+	$(prove_installcheck)
+
+check-all:
+	$(MAKE) installcheck
+	$(MAKE) check-tap
+
+test-broker:
+	$(MAKE) -C test/broker
+
+test-prereqs:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "The tests start PostgreSQL servers, which refuse to run as root. Run them as an" >&2; \
+	  echo "ordinary user that can write this directory, e.g. as root:" >&2; \
+	  echo "  chown -R postgres: . && runuser -u postgres -- make $(MAKECMDGOALS) PG_CONFIG=$(PG_CONFIG)" >&2; \
+	  echo "or run bash test/run_all.sh, which does that in a copy of the tree." >&2; \
+	  exit 1; \
+	fi
+	@test -f '$(DESTDIR)$(pkglibdir)/$(EXTENSION)$(DLSUFFIX)' -a \
+	      -f '$(DESTDIR)$(datadir)/extension/$(EXTENSION)--$(EXTVERSION).sql' || \
+	  { echo "citizen_sync $(EXTVERSION) is not installed in $(pkglibdir): run 'make install' as root" >&2; \
+	    echo "(or install the postgresql-15-citizen-sync package) first." >&2; exit 1; }
+.PHONY: check-tap check-all test-broker test-prereqs

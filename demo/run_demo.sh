@@ -11,8 +11,22 @@
 # printing after each step every service's cache with the measured lag
 # (event_timestamp at capture -> applied in the cache), then the statistics.
 #
-# Usage: sudo demo/run_demo.sh          (stops everything at the end)
-#        DEMO_KEEP=1 sudo demo/run_demo.sh  (leaves it running to explore)
+# Usage, as root (a fresh Debian 12 root shell has no sudo; with sudo, prefix it):
+#        bash demo/run_demo.sh               (stops everything at the end)
+#        DEMO_KEEP=1 bash demo/run_demo.sh   (leaves it running to explore)
+#        CS_INSTALLED=1 bash demo/run_demo.sh
+#                     uses the extension already installed (the Debian package
+#                     postgresql-15-citizen-sync, or `make install`) instead of
+#                     installing packages and building it; builds only the
+#                     embedded broker (needs librdkafka-dev, a C compiler, kcat)
+# PG_CONFIG selects the PostgreSQL installation (default: Debian's 15).
+#
+# The order is the one README's quick start gives: the server starts with the
+# library preloaded but no worker configured, the databases, the extension,
+# the capture and the roles are created, and only then are the workers
+# configured (reload), so that no worker starts before what it needs exists.
+# Every command runs from / so that PostgreSQL's programs, run as postgres,
+# never start in a directory postgres cannot enter (root's home).
 #
 # Its queries are safe to copy into any session whatever is planted in
 # public (test/t/403_shipped_queries.pl checks): tables are schema-qualified,
@@ -23,18 +37,26 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${DEMO_DIR:-/tmp/citizen_sync_demo}
+WORK=$(realpath -m "${DEMO_DIR:-/tmp/citizen_sync_demo}")
 PORT=${DEMO_PORT:-5433}
 SERVICES=(permits revenue parks)
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null 2>&1 && exec sudo -E "$0" "$@"
     echo "run_demo.sh: run me as root (it installs packages and the extension)" >&2
     exit 1
 fi
+cd /
 
-bash "$ROOT/scripts/install-deps.sh"
-PGBIN=/usr/lib/postgresql/15/bin
+if [ "${CS_INSTALLED:-0}" = 1 ]; then
+    bash "$ROOT/scripts/check-installed.sh"
+    make -s -C "$ROOT/test/broker" >/dev/null
+    command -v kcat >/dev/null || { echo "run_demo.sh: kcat is missing (apt-get install kcat)" >&2; exit 1; }
+else
+    bash "$ROOT/scripts/install-deps.sh"
+fi
+PGBIN=$("$PG_CONFIG" --bindir)
 
 say()  { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 as_pg() { runuser -u postgres -- "$@"; }
@@ -83,10 +105,6 @@ listen_addresses = ''
 unix_socket_directories = '$WORK'
 shared_preload_libraries = 'citizen_sync'
 max_worker_processes = 16
-citizen_sync.brokers = '$BOOTSTRAP'
-citizen_sync.outbox_database = 'auth_db'
-citizen_sync.databases = 'permits_db:permits_sync_user, revenue_db:revenue_sync_user, parks_db:parks_sync_user'
-citizen_sync.kafka_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
 EOF
 as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 
@@ -100,15 +118,25 @@ CREATE TABLE public.citizens (
     email_verified boolean NOT NULL DEFAULT false,
     identity_verified boolean NOT NULL DEFAULT false,
     password_hash text);             -- never published
-SELECT citizen_sync.capture('public.citizens', 'citizen',
-       ARRAY['name','email','phone','address','city','postal_code',
-             'email_verified','identity_verified']);
 SQL
+psql_db auth_db -c "SELECT citizen_sync.capture('public.citizens', 'citizen',
+       ARRAY['name','email','phone','address','city','postal_code',
+             'email_verified','identity_verified'])" >/dev/null
+psql_db auth_db -P footer=off -c "SELECT source, aggregate_type, id_column, columns FROM citizen_sync.captures"
 for s in "${SERVICES[@]}"; do
     psql_db postgres -c "CREATE DATABASE ${s}_db"
     psql_db "${s}_db" -c "CREATE EXTENSION citizen_sync" -c "SELECT citizen_sync.create_service_roles('$s')" >/dev/null
     echo "${s}_db: cache.citizen_refs, roles ${s}_service_user / ${s}_sync_user / ${s}_readonly_user"
 done
+
+say "Configuring the workers (postgresql.conf, then a reload): the publisher for auth_db, a consumer per service"
+cat >> "$WORK/data/postgresql.conf" <<EOF
+citizen_sync.brokers = '$BOOTSTRAP'
+citizen_sync.outbox_database = 'auth_db'
+citizen_sync.databases = 'permits_db:permits_sync_user, revenue_db:revenue_sync_user, parks_db:parks_sync_user'
+citizen_sync.kafka_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
+EOF
+psql_db postgres -tAc "SELECT pg_catalog.pg_reload_conf()" >/dev/null
 
 say "Waiting for the consumers to join their groups"
 for s in "${SERVICES[@]}"; do
@@ -190,8 +218,8 @@ psql_db permits_db -P footer=off -c "SELECT kind, database, role, state, partiti
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
     say "Left running for you to explore"
-    echo "  psql:   sudo -u postgres psql -h $WORK -p $PORT -d auth_db"
-    echo "  stop:   sudo -u postgres $PGBIN/pg_ctl -D $WORK/data stop; kill $(cat "$WORK/broker.pid")"
+    echo "  psql:   su - postgres -c 'psql -h $WORK -p $PORT -d auth_db'"
+    echo "  stop:   su - postgres -c '$PGBIN/pg_ctl -D $WORK/data stop'; kill $(cat "$WORK/broker.pid")"
 else
     say "Done; the instance and the broker are stopped (DEMO_KEEP=1 leaves them running)"
 fi

@@ -29,7 +29,7 @@ fi
 id postgres >/dev/null 2>&1 || { echo "install-deps.sh: no 'postgres' user after installing postgresql-15" >&2; exit 1; }
 
 echo "== building citizen_sync"
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 make -s PG_CONFIG=$PG_CONFIG >/dev/null
 make -s PG_CONFIG=$PG_CONFIG install >/dev/null
 make -s -C test/broker >/dev/null

@@ -24,12 +24,16 @@
 # Environment:
 #   PG_CONFIG      pg_config of the target server (default: PostgreSQL 15's)
 #   SKIP_APT=1     do not touch packages (they must already be installed)
+#   CS_INSTALLED=1 test the extension as installed already (the Debian package
+#                  postgresql-15-citizen-sync, as .ci/run does, or an earlier
+#                  `make install`): step 2 builds only the test broker
 #   KEEP_TMP=1     keep the temporary test directory for inspection
 #   FUZZ_SECONDS   how long the fuzz step fuzzes (default 60)
 set -euo pipefail
 
 PG_MAJOR=15
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd /   # the test user may not be able to enter the caller's directory
 mapfile -t PACKAGES < "$REPO/scripts/packages.txt"   # one list for tests, demo and CI
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
 export DEBIAN_FRONTEND=noninteractive
@@ -80,21 +84,26 @@ PG_REGRESS_BIN=$PGXS_DIR/test/regress/pg_regress
 [ -x "$PG_REGRESS_BIN" ] || die "pg_regress not found at $PG_REGRESS_BIN"
 
 # --- 2. build and install ---------------------------------------------------
-say "Building citizen_sync ($("$PG_CONFIG" --version))"
-make -C "$REPO" -s PG_CONFIG="$PG_CONFIG" -j"$(nproc)"
-installed_is_current() {   # the build equals what is installed already
-    local lib share f
-    lib=$("$PG_CONFIG" --pkglibdir)
-    share=$("$PG_CONFIG" --sharedir)/extension
-    cmp -s "$REPO/citizen_sync.so" "$lib/citizen_sync.so" || return 1
-    for f in "$REPO"/citizen_sync.control "$REPO"/sql/citizen_sync--*.sql; do
-        cmp -s "$f" "$share/$(basename "$f")" || return 1
-    done
-}
-if [ "${SUDO[0]:-}" = "__none__" ] && installed_is_current; then
-    echo "    not root and no sudo, but the installed extension is this build: not reinstalling"
+if [ "${CS_INSTALLED:-0}" = 1 ]; then
+    say "Testing the installed citizen_sync ($("$PG_CONFIG" --version)), CS_INSTALLED=1"
+    PG_CONFIG="$PG_CONFIG" bash "$REPO/scripts/check-installed.sh"
 else
-    need_root make -C "$REPO" -s PG_CONFIG="$PG_CONFIG" install
+    say "Building citizen_sync ($("$PG_CONFIG" --version))"
+    make -C "$REPO" -s PG_CONFIG="$PG_CONFIG" -j"$(nproc)"
+    installed_is_current() {   # the build equals what is installed already
+        local lib share f
+        lib=$("$PG_CONFIG" --pkglibdir)
+        share=$("$PG_CONFIG" --sharedir)/extension
+        cmp -s "$REPO/citizen_sync.so" "$lib/citizen_sync.so" || return 1
+        for f in "$REPO"/citizen_sync.control "$REPO"/sql/citizen_sync--*.sql; do
+            cmp -s "$f" "$share/$(basename "$f")" || return 1
+        done
+    }
+    if [ "${SUDO[0]:-}" = "__none__" ] && installed_is_current; then
+        echo "    not root and no sudo, but the installed extension is this build: not reinstalling"
+    else
+        need_root make -C "$REPO" -s PG_CONFIG="$PG_CONFIG" install
+    fi
 fi
 if [ -f "$REPO/test/broker/Makefile" ]; then
     make -C "$REPO/test/broker" -s

@@ -65,6 +65,8 @@ my %DEMO = (
 	q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY['name','email','phone','address','city','postal_code', 'email_verified','identity_verified'])}
 	  => {},
 	q{SELECT citizen_sync.create_service_roles('$s')} => {},
+	q{SELECT source, aggregate_type, id_column, columns FROM citizen_sync.captures} => {},
+	q{SELECT pg_catalog.pg_reload_conf()} => {},
 	q{SELECT coalesce(sum(partitions), 0) = 4 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'} => {},
 	q{SELECT EXISTS (SELECT 1 FROM cache.citizen_refs WHERE $cond)} => {},
 	q{SELECT '${s}_db' AS cache, citizen_id AS id, name, phone, event_version AS version, is_active, (deleted_at IS NOT NULL) AS deleted FROM cache.citizen_refs WHERE citizen_id = 1}

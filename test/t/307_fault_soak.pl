@@ -46,14 +46,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
-use CitizenSync::Broker;
-use CitizenSync::Broker;
-use CitizenSync::Node;
-use CitizenSync::Events;
-use CitizenSync::Check qw(poll_until);
-use CitizenSyncE2E qw(setup_auth_db poll_until query_or_undef wait_outbox_drained
-  source_state cache_state wait_cache_equals_source topic_events
-  check_topic_has_outbox check_topic_complete $TOPIC);
+use CitizenSync::Broker qw(:all);
+use CitizenSync::Node qw(:all);
+use CitizenSync::Events qw(:all);
+use CitizenSync::Check qw(:all);
 
 my $seed = $ENV{SOAK_SEED} // int(time * 1000 + $$) % 1_000_000_007;
 my $soak_seconds = $ENV{SOAK_SECONDS} // 90;

@@ -137,7 +137,7 @@ CREATE TABLE public.app_notes (id int, f public.flag);
 INSERT INTO public.accounts VALUES (1, 'first');
 }, 1);
 ok($ok, 'auth_app can still use its type elsewhere and write the captured table') or diag($err);
-is($node->safe_psql('auth_db', q{SELECT count(*) FROM citizen_sync.outbox WHERE aggregate_id = 1}),
+is($node->safe_psql('auth_db', q{SELECT count(*) FROM citizen_sync.outbox WHERE aggregate_id = '1'}),
 	'1', 'the insert was captured');
 
 # Variants: every way of reaching the type from a column is refused.
@@ -328,7 +328,7 @@ my $planted_notices = () = $err =~ /planted/g;
 is($planted_notices, 1, 'no planted function ran inside the capture');
 is($node->safe_psql('auth_db', q{
 SELECT string_agg(event_type || ':' || COALESCE(payload -> 'data' -> 'snapshot' ->> 'name', ''), ',' ORDER BY id)
-  FROM citizen_sync.outbox WHERE aggregate_id = 3}),
+  FROM citizen_sync.outbox WHERE aggregate_id = '3'}),
 	'created:third,updated:third, renamed,deleted:', 'the capture wrote the right events');
 ($ok, $out, $err) = run_sql('auth_db', q{
 SET search_path = auth_app, public, pg_catalog;
@@ -362,8 +362,8 @@ SELECT string_agg(c.oid::regclass || ':' || p.priv, ' ' ORDER BY c.oid::regclass
 is($node->safe_psql('auth_db', q{
 SELECT string_agg(oid::regprocedure::text, ' ' ORDER BY oid::regprocedure::text) FROM pg_proc
  WHERE proowner = 'citizen_sync_capture'::regrole}),
-	'citizen_sync.capture_row() citizen_sync.guard_captures()',
-	'citizen_sync_capture owns the capture trigger function and the event trigger function only');
+	'citizen_sync.capture_row() citizen_sync.current_version(text,text) citizen_sync.guard_captures()',
+	'citizen_sync_capture owns the capture trigger function, current_version() and the event trigger function only');
 is($node->safe_psql('auth_db', q{
 SELECT string_agg(oid::regprocedure::text, ' ' ORDER BY 1) FROM pg_proc
  WHERE prosecdef AND pronamespace = 'citizen_sync'::regnamespace

@@ -67,9 +67,9 @@ my %DEMO = (
 	q{SELECT EXISTS (SELECT 1 FROM cache.citizen_refs WHERE $cond)} => {},
 	q{SELECT '${s}_db' AS cache, citizen_id AS id, name, phone, event_version AS version, is_active, (deleted_at IS NOT NULL) AS deleted FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
-	q{SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id LIMIT 1 OFFSET $n}
+	q{SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id LIMIT 1 OFFSET $n}
 	  => {},
-	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::bigint = $v}
+	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = '1' AND (payload ->> 'event_version'::text)::bigint = $v}
 	  => {},
 	q{SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1) FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
@@ -78,7 +78,7 @@ my %DEMO = (
 	q{SELECT id, event_type, payload -> 'event_version'::text AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox}
 	  => {},
 	q{UPDATE public.citizens SET phone = '+1-555-0199' WHERE id = 1} => {},
-	q{SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1}
+	q{SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id DESC LIMIT 1}
 	  => {},
 	q{SELECT duplicate >= 1 AND stale >= 1 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'} => {},
 	q{SELECT database, applied, stale, duplicate FROM citizen_sync.consumer_stats} => {},

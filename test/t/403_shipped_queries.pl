@@ -104,6 +104,9 @@ my %DOCS = (
 	  { run => q{SELECT citizen_sync.create_service_roles('permits')} },
 	"SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY[\x{2026}new list\x{2026}])" =>
 	  { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY['name', 'email', 'phone'])} },
+	q{SELECT citizen_sync.capture('public.role_assignments', 'role', NULL, 'assignment_id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')}
+	  => { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', NULL, 'id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')},
+		why => 'the example table does not exist here: the same call on the citizens table' },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

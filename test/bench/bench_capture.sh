@@ -170,6 +170,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
     prof=$!
     run capture "$c" >/dev/null
     wait "$prof" || true
-    perf report -i "$BENCH_TMP/perf.data" --no-children --percent-limit 1.5 --stdio \
-        --sort symbol -g none 2>/dev/null | grep -v '^#' | grep . | head -40 | sed 's/^/    /'
+    info "inclusive (children) share of the backends' samples, user space:"
+    perf report -i "$BENCH_TMP/perf.data" --children --percent-limit 4 --stdio \
+        --sort symbol -g none 2>/dev/null | grep -v '^#' | grep '\[\.\]' | head -40 | sed 's/^/    /'
 fi

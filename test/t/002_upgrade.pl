@@ -129,7 +129,7 @@ SELECT format('%s %s %s %s', o.aggregate_type || '_' || o.aggregate_id, o.event_
                                                            FROM citizen_sync.outbox p
                                                           WHERE p.aggregate_id = '2' AND p.id < o.id))
   FROM citizen_sync.outbox o ORDER BY o.id DESC LIMIT 1}),
-	'citizen_2 updated 2 true', 'a change after the update: same key and data.citizen_id, a higher version');
+	'citizen_2 updated 2 t', 'a change after the update: same key and data.citizen_id, a higher version');
 is($node->safe_psql('old_db', q{
 SELECT citizen_sync.current_version('citizen', '2') = max((payload ->> 'event_version')::bigint)
   FROM citizen_sync.outbox WHERE aggregate_id = '2'}),

@@ -101,54 +101,23 @@ AS $$
                                    WHEN 'delete' THEN 'deleted' END)
 $$;
 
--- Row trigger of captured tables.  TG_ARGV: aggregate_type, id column, the
--- event names of INSERT, UPDATE and DELETE, then the published columns
--- (none = all).  SECURITY DEFINER, owned by citizen_sync_capture, so that
--- application roles need no privilege on the outbox and cannot forge events,
--- while what it runs has only that role's rights.  check_capture_safety()
--- keeps the types of captured tables free of code non-superusers control
--- (at capture() and at every DDL, through the event trigger), so nothing is
+-- Row trigger of captured tables (src/cs_capture.c).  TG_ARGV: aggregate
+-- type, id column, the event names of INSERT, UPDATE and DELETE, then the
+-- published columns (none = all).  Writes what emit_change() writes, the
+-- snapshot being to_jsonb() of the published columns (as
+-- published_columns(to_jsonb(NEW), columns)); an UPDATE that changes no
+-- published column writes nothing, one that changes the key is refused.
+-- SECURITY DEFINER, owned by citizen_sync_capture, so that application
+-- roles need no privilege on the outbox and cannot forge events, while what
+-- it runs has only that role's rights.  check_capture_safety() keeps the
+-- types of captured tables free of code non-superusers control (at
+-- capture() and at every DDL, through the event trigger), so nothing is
 -- checked per row here.
 CREATE OR REPLACE FUNCTION @extschema@.capture_row() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE C
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    agg      text := TG_ARGV[0];
-    id_col   text := TG_ARGV[1];
-    cols     text[] := TG_ARGV[5:];
-    new_snap jsonb;
-    old_snap jsonb;
-    agg_key  jsonb;
-BEGIN
-    IF TG_OP <> 'DELETE' THEN
-        new_snap := @extschema@.published_columns(to_jsonb(NEW), cols);
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_snap := @extschema@.published_columns(to_jsonb(OLD), cols);
-    END IF;
-    IF TG_OP = 'UPDATE' THEN
-        IF new_snap = old_snap THEN
-            RETURN NULL;            -- no published column changed
-        END IF;
-        IF (new_snap -> id_col) IS DISTINCT FROM (old_snap -> id_col) THEN
-            RAISE EXCEPTION 'cannot change column "%" of a table captured by citizen_sync', id_col
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Delete the row and insert it with the new id instead.';
-        END IF;
-    END IF;
-    agg_key := COALESCE(new_snap, old_snap) -> id_col;
-    IF agg_key IS NULL OR jsonb_typeof(agg_key) = 'null' THEN
-        RAISE EXCEPTION 'captured row has no value in column "%"', id_col
-            USING ERRCODE = 'not_null_violation';
-    END IF;
-    PERFORM @extschema@.emit_change(agg, agg_key,
-        CASE TG_OP WHEN 'INSERT' THEN TG_ARGV[2] WHEN 'UPDATE' THEN TG_ARGV[3] ELSE TG_ARGV[4] END,
-        new_snap);
-    RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'citizen_sync_capture_row';
 
 -- The type of a table's key column, seen through a domain (NULL: no such
 -- column).  capture() accepts int2, int4, int8, text, varchar and uuid.

@@ -26,12 +26,12 @@
 # CHECKPOINT; the table printed at the end has the median TPS of the rounds
 # and the ratios capture/bare and capture/seed.
 #
-# synchronous_commit is off by default (SYNC_COMMIT=on to change): with it on,
-# every variant waits for its WAL flush and the ratios say little about the
-# trigger (on this machine: ~230 tps for all three at 2 clients).
+# Both with synchronous_commit off (the CPU cost of the write path: what the
+# trigger adds is all there is to see) and on (the default: every variant
+# also waits for its WAL flush at commit), one table each (SYNC_COMMIT).
 #
 # Environment: CITIZENS (10000), SECONDS_PER_RUN (15), ROUNDS (3), CLIENTS
-# ("2 8"), SYNC_COMMIT (off), PROFILE=1 (perf record -g of every backend during one extra
+# ("2 8"), SYNC_COMMIT ("off on"), PROFILE=1 (perf record -g of every backend during one extra
 # capture run at the first client count, then perf report's top entries),
 # plus lib.sh's.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,6 +40,7 @@ CITIZENS=${CITIZENS:-10000}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-"2 8"}
+SYNC_COMMIT=${SYNC_COMMIT:-"off on"}
 VARIANTS=(bare seed capture)
 
 bench_require python3
@@ -47,8 +48,9 @@ bench_require python3
 bench_setup capture
 say "bench_capture: $CITIZENS citizens, clients $CLIENTS, $ROUNDS rounds of $SECONDS_PER_RUN s per variant"
 bench_machine
+info "synchronous_commit: $SYNC_COMMIT (one table each), pgbench -M prepared"
 
-pg_init "max_connections = 50" "synchronous_commit = ${SYNC_COMMIT:-off}"
+pg_init "max_connections = 50"
 pg_start
 sql postgres 'CREATE DATABASE auth_db' >/dev/null
 psql_db auth_db >/dev/null <<SQL
@@ -130,14 +132,20 @@ run() {
     sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out"
 }
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
 declare -A TPS
-for r in $(seq 1 "$ROUNDS"); do
-    for c in $CLIENTS; do
-        say "round $r, $c clients"
-        for v in "${VARIANTS[@]}"; do
-            t=$(run "$v" "$c")
-            TPS[$v,$c]="${TPS[$v,$c]:-} $t"
-            info "$(printf '%-8s %10.0f tps' "$v" "$t")"
+for m in $SYNC_COMMIT; do
+    sql auth_db "ALTER SYSTEM SET synchronous_commit = $m" >/dev/null
+    pg_reload
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CLIENTS; do
+            say "synchronous_commit = $m, round $r, $c clients"
+            for v in "${VARIANTS[@]}"; do
+                t=$(run "$v" "$c")
+                TPS[$m,$v,$c]="${TPS[$m,$v,$c]:-} $t"
+                info "$(printf '%-8s %10.0f tps' "$v" "$t")"
+            done
         done
     done
 done
@@ -146,31 +154,36 @@ done
 info "outbox rows: capture $(sql auth_db 'SELECT count(*) FROM citizen_sync.outbox')," \
      "seed $(sql auth_db 'SELECT count(*) FROM seed_outbox')"
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-
-say "capture on the write path: median TPS of $ROUNDS rounds (pgbench -M prepared, $SECONDS_PER_RUN s each)"
-printf '    | clients | bare table | seed outbox (UPDATE + INSERT) | capture() | capture / bare | capture / seed |\n'
-printf '    | ---: | ---: | ---: | ---: | ---: | ---: |\n'
-for c in $CLIENTS; do
-    b=$(median <<<"${TPS[bare,$c]}")
-    s=$(median <<<"${TPS[seed,$c]}")
-    k=$(median <<<"${TPS[capture,$c]}")
-    printf '    | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n' "$c" "$b" "$s" "$k" \
-        "$(calc "$k / $b")" "$(calc "$k / $s")"
+for m in $SYNC_COMMIT; do
+    say "capture on the write path, synchronous_commit = $m: median TPS of $ROUNDS rounds ($SECONDS_PER_RUN s each)"
+    printf '    | clients | bare table | seed outbox (UPDATE + INSERT) | capture() | capture / bare | capture / seed |\n'
+    printf '    | ---: | ---: | ---: | ---: | ---: | ---: |\n'
+    for c in $CLIENTS; do
+        b=$(median <<<"${TPS[$m,bare,$c]}")
+        s=$(median <<<"${TPS[$m,seed,$c]}")
+        k=$(median <<<"${TPS[$m,capture,$c]}")
+        printf '    | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n' "$c" "$b" "$s" "$k" \
+            "$(calc "$k / $b")" "$(calc "$k / $s")"
+    done
 done
 info "targets (issue 11): capture / bare >= 0.90, capture / seed >= 1.00"
 
 if [ "${PROFILE:-0}" = 1 ]; then
     command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf"
     c=${CLIENTS%% *}
-    say "profile: perf record -g of every backend during a capture run, $c clients"
+    sql auth_db "ALTER SYSTEM SET synchronous_commit = off" >/dev/null
+    pg_reload
+    say "profile: perf record -g of every backend during a capture run, $c clients, synchronous_commit = off"
     ( sleep 2; pids=$(pgrep -d, -P "$(head -1 "$BENCH_TMP/data/postmaster.pid")" postgres)
       perf record -q -g -p "$pids" -o "$BENCH_TMP/perf.data" -- sleep $((SECONDS_PER_RUN - 4)) \
           >/dev/null 2>&1 ) &
     prof=$!
     run capture "$c" >/dev/null
     wait "$prof" || true
-    info "inclusive (children) share of the backends' samples, user space:"
+    info "inclusive (children) share of the backends' samples, named user-space functions:"
     perf report -i "$BENCH_TMP/perf.data" --children --percent-limit 4 --stdio \
-        --sort symbol -g none 2>/dev/null | grep -v '^#' | grep '\[\.\]' | head -40 | sed 's/^/    /'
+        --sort symbol -g none 2>/dev/null | grep -v '^#' | grep '\[\.\] [A-Za-z_]' | head -30 | sed 's/^/    /'
+    info "self time, top entries:"
+    perf report -i "$BENCH_TMP/perf.data" --no-children --percent-limit 1 --stdio \
+        --sort dso,symbol -g none 2>/dev/null | grep -v '^#' | grep . | head -25 | sed 's/^/    /'
 fi

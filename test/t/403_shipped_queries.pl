@@ -107,6 +107,10 @@ my %DOCS = (
 	q{SELECT citizen_sync.capture('public.role_assignments', 'role', NULL, 'assignment_id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')}
 	  => { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', NULL, 'id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')},
 		why => 'the example table does not exist here: the same call on the citizens table' },
+	'GRANT USAGE ON SCHEMA citizen_sync TO auth_app' =>
+	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
+	'GRANT EXECUTE ON FUNCTION citizen_sync.current_version(text, text) TO auth_app' =>
+	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

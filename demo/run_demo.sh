@@ -163,14 +163,14 @@ wait_caches() {
 # strictly increasing and clock-based, not 1, 2, 3)
 version_of() {
     local n=$(( $1 - 1 ))
-    psql_db auth_db -tAc "SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id LIMIT 1 OFFSET $n"
+    psql_db auth_db -tAc "SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id LIMIT 1 OFFSET $n"
 }
 
 # lag_of VERSION: event_timestamp (capture) -> applied, per cache, in ms
 lag_of() {
     local v=$1 ts ms
     ts=$(psql_db auth_db -tAc "SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox
-                               WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::bigint = $v")
+                               WHERE aggregate_id = '1' AND (payload ->> 'event_version'::text)::bigint = $v")
     for s in "${SERVICES[@]}"; do
         ms=$(psql_db "${s}_db" -tAc "SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1)
                                      FROM cache.citizen_refs WHERE citizen_id = 1")
@@ -194,7 +194,7 @@ echo "measured lag:"; lag_of "$V2"
 
 say "3. Kafka redelivers the phone change (duplicate) and a late, older event arrives"
 # the phone change (citizen 1's latest outbox row) as the publisher sent it
-DUP=$(psql_db auth_db -tAc "SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1")
+DUP=$(psql_db auth_db -tAc "SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id DESC LIMIT 1")
 OLD='{"event_type":"citizen.updated","event_id":"evt_late_1","event_version":1,"event_timestamp":"2026-01-01T00:00:00.000Z","data":{"citizen_id":1,"snapshot":{"id":1,"name":"Maria Garcia","email":"maria@example.gov","phone":"+1-555-0000"}}}'
 printf 'citizen_1\t%s\ncitizen_1\t%s\n' "$DUP" "$OLD" | kcat -P -b "$BOOTSTRAP" -t gov.auth.citizen -K "$(printf '\t')"
 for s in "${SERVICES[@]}"; do

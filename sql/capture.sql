@@ -45,14 +45,14 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN ver IS NOT NULL THEN
            (SELECT count(DISTINCT (o.payload ->> 'event_version')::bigint)
               FROM citizen_sync.outbox o
-             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id
+             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id::text
                AND (o.payload ->> 'event_version')::bigint <= ver) END
 $$;
 
 -- The outbox with its volatile values masked.
 CREATE TEMP VIEW ob AS
-SELECT id, aggregate_type AS agg, aggregate_id AS agg_id, event_type,
-       pg_temp.vrank(aggregate_id, (payload ->> 'event_version')::bigint) AS ver,
+SELECT id, aggregate_type AS agg, aggregate_id::bigint AS agg_id, event_type,
+       pg_temp.vrank(aggregate_id::bigint, (payload ->> 'event_version')::bigint) AS ver,
        payload -> 'data' AS data
   FROM citizen_sync.outbox;
 
@@ -126,8 +126,8 @@ SELECT * FROM ob WHERE agg_id IN (2, 3) ORDER BY id;
 -- Versions per citizen: strictly increasing in outbox id order, none below
 -- the clock of its transaction's start
 ------------------------------------------------------------------------------
-SELECT aggregate_id AS agg_id,
-       array_agg(pg_temp.vrank(aggregate_id, v) ORDER BY id) AS versions,
+SELECT aggregate_id::bigint AS agg_id,
+       array_agg(pg_temp.vrank(aggregate_id::bigint, v) ORDER BY id) AS versions,
        array_agg(v ORDER BY id) = ARRAY(SELECT DISTINCT x FROM unnest(array_agg(v)) AS x ORDER BY x)
          AS increasing,
        bool_and(v >= extract(epoch FROM created_at) * 1000000) AS above_clock
@@ -217,7 +217,7 @@ SELECT citizen_id, name, pg_temp.vrank(citizen_id, event_version) AS event_versi
 SELECT r.citizen_id, r.event_version = v.last_version AS latest
   FROM cache.citizen_refs r
   JOIN citizen_sync.aggregate_versions v
-    ON v.aggregate_type = 'citizen' AND v.aggregate_id = r.citizen_id
+    ON v.aggregate_type = 'citizen' AND v.aggregate_id = r.citizen_id::text
  ORDER BY 1;
 -- Redelivering the whole outbox changes nothing: all duplicates.
 SELECT result, count(*) FROM pg_temp.apply_outbox() GROUP BY result;

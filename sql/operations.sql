@@ -194,7 +194,7 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN ver IS NOT NULL THEN
            (SELECT count(DISTINCT (o.payload ->> 'event_version')::bigint)
               FROM citizen_sync.outbox o
-             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id
+             WHERE o.aggregate_type = 'citizen' AND o.aggregate_id = agg_id::text
                AND (o.payload ->> 'event_version')::bigint <= ver) END
 $$;
 
@@ -207,8 +207,8 @@ SELECT id, pg_temp.vrank(id, version) AS version, present FROM citizen_sync.sour
 
 -- The outbox rows written from now on, without their timestamp.
 CREATE TEMP VIEW new_events AS
-SELECT id, aggregate_id, event_type,
-       pg_temp.vrank(aggregate_id, (payload ->> 'event_version')::bigint) AS version,
+SELECT id, aggregate_id::bigint AS aggregate_id, event_type,
+       pg_temp.vrank(aggregate_id::bigint, (payload ->> 'event_version')::bigint) AS version,
        payload -> 'data' AS data
   FROM citizen_sync.outbox WHERE id > 4;
 SELECT max(id) AS outbox_rows_so_far FROM citizen_sync.outbox;

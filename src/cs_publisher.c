@@ -155,10 +155,13 @@ typedef enum SlotState
 	SLOT_COOLING				/* failed and marked: sent again after retry_at */
 } SlotState;
 
-/* An aggregate (type hashed: a collision only defers a row). */
+/*
+ * An aggregate: its type and its key (text for every key type, bigint keys
+ * as their digits), both hashed: a collision only defers a row.
+ */
 typedef struct AggregateKey
 {
-	int64		aggregate_id;
+	uint64		id_hash;
 	uint32		type_hash;
 	uint32		pad;
 } AggregateKey;
@@ -319,10 +322,11 @@ slot_free(Publisher *p, int i)
 }
 
 static void
-aggregate_key(AggregateKey *key, text *type, int64 id)
+aggregate_key(AggregateKey *key, text *type, text *id)
 {
 	memset(key, 0, sizeof(*key));
-	key->aggregate_id = id;
+	key->id_hash = hash_bytes_extended((const unsigned char *) VARDATA_ANY(id),
+									   VARSIZE_ANY_EXHDR(id), 0);
 	key->type_hash = hash_bytes((const unsigned char *) VARDATA_ANY(type),
 								VARSIZE_ANY_EXHDR(type));
 }
@@ -368,7 +372,7 @@ walk_pending(Publisher *p, Datum *ids, AggregateKey *keys, int nwant)
 			bool		found;
 
 			aggregate_key(&keys[nids], DatumGetTextPP(SPI_getbinval(t, d, 2, &isnull)),
-						  DatumGetInt64(SPI_getbinval(t, d, 3, &isnull)));
+						  DatumGetTextPP(SPI_getbinval(t, d, 3, &isnull)));
 			(void) hash_search(seen, &keys[nids], HASH_ENTER, &found);
 			if (!found)
 				ids[nids++] = SPI_getbinval(t, d, 1, &isnull);

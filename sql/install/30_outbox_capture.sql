@@ -5,7 +5,7 @@
 CREATE TABLE @extschema@.outbox (
     id             bigserial PRIMARY KEY,
     aggregate_type varchar(100) NOT NULL,
-    aggregate_id   bigint NOT NULL,
+    aggregate_id   text COLLATE "C" NOT NULL,
     event_type     varchar(100) NOT NULL,
     payload        jsonb NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -18,12 +18,14 @@ COMMENT ON TABLE @extschema@.outbox IS
     'Transactional outbox: one row per captured change, relayed to Kafka by the publisher (published_at NULL = pending)';
 CREATE INDEX outbox_pending ON @extschema@.outbox (id) WHERE published_at IS NULL;
 CREATE INDEX outbox_published_at ON @extschema@.outbox (published_at) WHERE published_at IS NOT NULL;
+COMMENT ON COLUMN @extschema@.outbox.aggregate_id IS
+    'The aggregate''s key as text (bigint, text or uuid keys); the Kafka key is <aggregate_type>_<aggregate_id>';
 
 -- Per-aggregate version counter.  Its row lock, held to commit, orders
 -- concurrent changes of one aggregate: versions increase in commit order.
 CREATE TABLE @extschema@.aggregate_versions (
     aggregate_type varchar(100) NOT NULL,
-    aggregate_id   bigint NOT NULL,
+    aggregate_id   text COLLATE "C" NOT NULL,
     last_version   bigint NOT NULL,
     last_changed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (aggregate_type, aggregate_id)
@@ -34,13 +36,20 @@ CREATE TABLE @extschema@.captures (
     source         regclass PRIMARY KEY,
     aggregate_type varchar(100) NOT NULL UNIQUE,
     id_column      name NOT NULL,
-    columns        text[]
+    columns        text[],
+    event_types    jsonb
 );
+COMMENT ON COLUMN @extschema@.captures.event_types IS
+    'Event names per operation ({"insert": ..., "update": ..., "delete": ...}); NULL or a missing operation: created, updated, deleted';
 
 -- Write one change of one aggregate to the outbox: next version (its row
 -- lock, held to commit, orders concurrent changes), payload, commit wake-up.
--- op is created, updated or deleted; snap the published columns (ignored for
--- deleted).  Shared by the capture trigger and resync().
+-- agg_key is the key as JSON, as to_jsonb() renders the key column (a number
+-- for integer keys, a string for text and uuid keys): data.<agg>_id carries
+-- it as it is, outbox.aggregate_id its text.  event_name is the operation's
+-- event name (created, updated, deleted or the capture's own, see
+-- capture()); snap the published columns, NULL for a deletion (the payload
+-- then carries no snapshot).  Shared by the capture trigger and resync().
 --
 -- The version is the greater of the last one + 1 and the clock in
 -- microseconds since 1970 (clock_timestamp()): strictly increasing in commit
@@ -51,14 +60,15 @@ CREATE TABLE @extschema@.captures (
 -- as long as its clock is ahead of the clock of the last change that was
 -- lost.  Versions are not consecutive.  2^53 microseconds (the integers a
 -- JSON double holds exactly) are reached in the year 2255.
-CREATE FUNCTION @extschema@.emit_change(agg text, agg_id bigint, op text, snap jsonb)
+CREATE FUNCTION @extschema@.emit_change(agg text, agg_key jsonb, event_name text, snap jsonb)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ver   bigint;
-    clock bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    ver    bigint;
+    clock  bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    agg_id text := agg_key #>> '{}';
 BEGIN
     INSERT INTO @extschema@.aggregate_versions AS v (aggregate_type, aggregate_id, last_version)
     VALUES (agg, agg_id, clock)
@@ -67,18 +77,29 @@ BEGIN
     RETURNING v.last_version INTO ver;
 
     INSERT INTO @extschema@.outbox (aggregate_type, aggregate_id, event_type, payload)
-    VALUES (agg, agg_id, op,
+    VALUES (agg, agg_id, event_name,
             jsonb_build_object(
                 'event_version', ver,
                 'event_timestamp', to_char(clock_timestamp() AT TIME ZONE 'UTC',
                                            'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                'data', CASE WHEN op = 'deleted'
-                             THEN jsonb_build_object(agg || '_id', agg_id)
-                             ELSE jsonb_build_object(agg || '_id', agg_id, 'snapshot', snap)
+                'data', CASE WHEN snap IS NULL
+                             THEN jsonb_build_object(agg || '_id', agg_key)
+                             ELSE jsonb_build_object(agg || '_id', agg_key, 'snapshot', snap)
                         END));
     PERFORM @extschema@.notify_publisher();
     RETURN ver;
 END
+$$;
+
+-- The event name of an operation (insert, update, delete) under a capture's
+-- map (captures.event_types; NULL or no entry: created, updated, deleted).
+CREATE FUNCTION @extschema@.event_name(event_types jsonb, operation text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(event_types ->> operation,
+                    CASE operation WHEN 'insert' THEN 'created' WHEN 'update' THEN 'updated'
+                                   WHEN 'delete' THEN 'deleted' END)
 $$;
 
 -- The published part of a row: only the listed columns (all when none).
@@ -203,53 +224,23 @@ $$;
 COMMENT ON FUNCTION @extschema@.check_capture_safety(regclass) IS
     'Raise if turning the table''s rows into JSON could run code a non-superuser controls (a type, cast or output function it owns)';
 
--- Row trigger of captured tables.  TG_ARGV: aggregate_type, id column, then
--- the published columns (none = all).  SECURITY DEFINER, owned by
--- citizen_sync_capture, so that application roles need no privilege on the
--- outbox and cannot forge events, while what it runs has only that role's
--- rights.  check_capture_safety() keeps the types of captured tables free
--- of code non-superusers control (at capture() and at every DDL, through
--- the event trigger), so nothing is checked per row here.
+-- Row trigger of captured tables (src/cs_capture.c).  TG_ARGV: aggregate
+-- type, id column, the event names of INSERT, UPDATE and DELETE, then the
+-- published columns (none = all).  Writes what emit_change() writes, the
+-- snapshot being to_jsonb() of the published columns (as
+-- published_columns(to_jsonb(NEW), columns)); an UPDATE that changes no
+-- published column writes nothing, one that changes the key is refused.
+-- SECURITY DEFINER, owned by citizen_sync_capture, so that application
+-- roles need no privilege on the outbox and cannot forge events, while what
+-- it runs has only that role's rights.  check_capture_safety() keeps the
+-- types of captured tables free of code non-superusers control (at
+-- capture() and at every DDL, through the event trigger), so nothing is
+-- checked per row here.
 CREATE FUNCTION @extschema@.capture_row() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE C
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    agg      text := TG_ARGV[0];
-    id_col   text := TG_ARGV[1];
-    cols     text[] := TG_ARGV[2:];
-    new_snap jsonb;
-    old_snap jsonb;
-    agg_id   bigint;
-BEGIN
-    IF TG_OP <> 'DELETE' THEN
-        new_snap := @extschema@.published_columns(to_jsonb(NEW), cols);
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_snap := @extschema@.published_columns(to_jsonb(OLD), cols);
-    END IF;
-    IF TG_OP = 'UPDATE' THEN
-        IF new_snap = old_snap THEN
-            RETURN NULL;            -- no published column changed
-        END IF;
-        IF (new_snap ->> id_col) IS DISTINCT FROM (old_snap ->> id_col) THEN
-            RAISE EXCEPTION 'cannot change column "%" of a table captured by citizen_sync', id_col
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Delete the row and insert it with the new id instead.';
-        END IF;
-    END IF;
-    agg_id := (COALESCE(new_snap, old_snap) ->> id_col)::bigint;
-    IF agg_id IS NULL THEN
-        RAISE EXCEPTION 'captured row has no value in column "%"', id_col
-            USING ERRCODE = 'not_null_violation';
-    END IF;
-    PERFORM @extschema@.emit_change(agg, agg_id,
-        CASE TG_OP WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated' ELSE 'deleted' END,
-        new_snap);
-    RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'citizen_sync_capture_row';
 
 -- TRUNCATE skips row triggers and would silently lose the deletes.
 CREATE FUNCTION @extschema@.refuse_truncate() RETURNS trigger
@@ -268,21 +259,75 @@ CREATE FUNCTION @extschema@.notify_publisher() RETURNS void
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'citizen_sync_notify_publisher';
 
--- Attach the capture to an ordinary table: checks, then the row trigger and
--- the TRUNCATE guard, both ENABLE ALWAYS (they fire also with
+-- The type of a table's key column, seen through a domain (NULL: no such
+-- column).  capture() accepts int2, int4, int8, text, varchar and uuid.
+CREATE FUNCTION @extschema@.key_type(source regclass, id_column name) RETURNS regtype
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END::regtype
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = source AND a.attname = id_column AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Refuse an event-name map capture() cannot use: a JSON object whose keys
+-- are operations (insert, update, delete) and whose values are names of the
+-- form the wire carries after "<aggregate_type>." (e.g. {"insert":
+-- "assigned", "delete": "revoked"}).  NULL is the default map.
+CREATE FUNCTION @extschema@.check_event_types(event_types jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+BEGIN
+    IF event_types IS NULL THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(event_types) <> 'object' THEN
+        RAISE EXCEPTION 'invalid event_types %', event_types
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('event_types is a JSON %s, not an object.', jsonb_typeof(event_types)),
+                  HINT = 'Pass an object mapping operations to event names, e.g. ''{"insert": "assigned", "update": "assigned", "delete": "revoked"}''.';
+    END IF;
+    SELECT e.key INTO bad FROM jsonb_each(event_types) e
+     WHERE e.key NOT IN ('insert', 'update', 'delete') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'invalid event_types: unknown operation %', quote_literal(bad.key)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The keys of event_types are the operations insert, update and delete.',
+                  HINT = 'Leave out an operation to keep its default name (created, updated, deleted).';
+    END IF;
+    SELECT e.key, e.value INTO bad FROM jsonb_each(event_types) e
+     WHERE jsonb_typeof(e.value) <> 'string' OR e.value #>> '{}' !~ '^[a-z][a-z0-9_]{0,62}$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'invalid event_types: invalid event name % for operation %', bad.value, bad.key
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An event name is a string of lower-case letters, digits and underscores starting with a letter; the event on the wire is <aggregate_type>.<name>.',
+                  HINT = 'Use a name such as ''assigned'' or ''revoked''.';
+    END IF;
+END
+$$;
+
+-- Attach the capture to an ordinary table: checks (key column of type
+-- bigint, integer, smallint, text, varchar or uuid, or a domain over one;
+-- the published columns; the event names), then the row trigger and the
+-- TRUNCATE guard, both ENABLE ALWAYS (they fire also with
 -- session_replication_role = replica), then the registration that the event
 -- trigger guards.  Rerunnable: replaces an earlier capture of the table.
 CREATE FUNCTION @extschema@.capture(source regclass, aggregate_type text,
                                     columns text[] DEFAULT NULL,
-                                    id_column name DEFAULT 'id')
+                                    id_column name DEFAULT 'id',
+                                    event_types jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    args  text;
-    col   text;
-    rel   record;
+    args     text;
+    col      text;
+    rel      record;
+    key_type regtype;
 BEGIN
     IF aggregate_type IS NULL OR aggregate_type !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid aggregate type %', quote_nullable(aggregate_type)
@@ -303,13 +348,21 @@ BEGIN
                   DETAIL = 'Changes to the rows of a child table do not fire the parent''s triggers, so they would not be published.',
                   HINT = 'Detach the children (ALTER TABLE ... NO INHERIT) first.';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute
-                    WHERE attrelid = source AND attname = id_column
-                      AND attnum > 0 AND NOT attisdropped) THEN
+    key_type := @extschema@.key_type(source, id_column);
+    IF key_type IS NULL THEN
         RAISE EXCEPTION 'table % has no column %', source, quote_ident(id_column)
             USING ERRCODE = 'undefined_column',
-                  HINT = 'Pass the name of the table''s integer key as id_column.';
+                  HINT = 'Pass the name of the table''s key column (bigint, text or uuid) as id_column.';
     END IF;
+    IF key_type NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'text'::regtype,
+                        'varchar'::regtype, 'uuid'::regtype) THEN
+        RAISE EXCEPTION 'column "%" of table % has type %, which citizen_sync cannot publish as a key',
+                        id_column, source, key_type
+            USING ERRCODE = 'datatype_mismatch',
+                  DETAIL = 'Keys are published as data.<aggregate_type>_id (a JSON number for integer keys, a string for text and uuid keys) and in the Kafka key <aggregate_type>_<key>.',
+                  HINT = 'Pass as id_column a column of type bigint (or integer, smallint), text (or varchar) or uuid.';
+    END IF;
+    PERFORM @extschema@.check_event_types(event_types);
     FOREACH col IN ARRAY COALESCE(columns, '{}'::text[]) LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_attribute
                         WHERE attrelid = source AND attname = col
@@ -330,7 +383,11 @@ BEGIN
 
     SELECT string_agg(quote_literal(a), ', ')
       INTO args
-      FROM unnest(ARRAY[aggregate_type, id_column::text] || COALESCE(columns, '{}')) AS a;
+      FROM unnest(ARRAY[aggregate_type, id_column::text,
+                        @extschema@.event_name(event_types, 'insert'),
+                        @extschema@.event_name(event_types, 'update'),
+                        @extschema@.event_name(event_types, 'delete')]
+                  || COALESCE(columns, '{}')) AS a;
 
     PERFORM @extschema@.uncapture(source);
     -- forget registrations of tables dropped since they were captured
@@ -342,12 +399,12 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_truncate()', source);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER citizen_sync_capture, '
                    'ENABLE ALWAYS TRIGGER citizen_sync_no_truncate', source);
-    INSERT INTO @extschema@.captures (source, aggregate_type, id_column, columns)
-    VALUES (source, aggregate_type, id_column, columns);
+    INSERT INTO @extschema@.captures (source, aggregate_type, id_column, columns, event_types)
+    VALUES (source, aggregate_type, id_column, columns, event_types);
 END
 $$;
-COMMENT ON FUNCTION @extschema@.capture(regclass, text, text[], name) IS
-    'Publish every INSERT/UPDATE/DELETE of a table through the outbox (columns: the published ones, NULL = all)';
+COMMENT ON FUNCTION @extschema@.capture(regclass, text, text[], name, jsonb) IS
+    'Publish every INSERT/UPDATE/DELETE of a table through the outbox (columns: the published ones, NULL = all; event_types: event names per operation, NULL = created/updated/deleted)';
 
 CREATE FUNCTION @extschema@.uncapture(source regclass) RETURNS void
 LANGUAGE plpgsql
@@ -509,10 +566,10 @@ ALTER EVENT TRIGGER citizen_sync_guard ENABLE ALWAYS;
 ALTER EVENT TRIGGER citizen_sync_guard_drop ENABLE ALWAYS;
 
 REVOKE ALL ON @extschema@.outbox, @extschema@.aggregate_versions, @extschema@.captures FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.capture(regclass, text, text[], name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.capture(regclass, text, text[], name, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.uncapture(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.capture_row() FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.emit_change(text, bigint, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.emit_change(text, jsonb, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.notify_publisher() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.guard_captures() FROM PUBLIC;
 -- What citizen_sync_capture holds: exactly what capture_row() and
@@ -522,7 +579,7 @@ GRANT INSERT ON @extschema@.outbox TO citizen_sync_capture;
 GRANT USAGE ON SEQUENCE @extschema@.outbox_id_seq TO citizen_sync_capture;
 GRANT SELECT, INSERT, UPDATE ON @extschema@.aggregate_versions TO citizen_sync_capture;
 GRANT SELECT ON @extschema@.captures TO citizen_sync_capture;
-GRANT EXECUTE ON FUNCTION @extschema@.emit_change(text, bigint, text, jsonb),
+GRANT EXECUTE ON FUNCTION @extschema@.emit_change(text, jsonb, text, jsonb),
                           @extschema@.notify_publisher() TO citizen_sync_capture;
 ALTER FUNCTION @extschema@.capture_row() OWNER TO citizen_sync_capture;
 ALTER FUNCTION @extschema@.guard_captures() OWNER TO citizen_sync_capture;

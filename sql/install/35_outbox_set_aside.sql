@@ -21,7 +21,7 @@ CREATE INDEX outbox_set_aside ON @extschema@.outbox (aggregate_type, aggregate_i
 -- their aggregates follow in order.  A row refused for good again is set
 -- aside again.  Returns the rows released.
 CREATE FUNCTION @extschema@.retry_set_aside(ids bigint[] DEFAULT NULL)
-RETURNS TABLE (id bigint, aggregate_type text, aggregate_id bigint, last_error text)
+RETURNS TABLE (id bigint, aggregate_type text, aggregate_id text, last_error text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$

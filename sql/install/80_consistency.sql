@@ -3,14 +3,18 @@
 ------------------------------------------------------------------------------
 
 -- Source side: the current state of every aggregate of a captured table,
--- including rows that existed before capture() (version NULL).  Run by a
--- superuser (heal() over dblink), it renders the table's rows with
--- to_jsonb() as capture_row() does, so it first refuses a table whose types
--- would run code a non-superuser controls (check_capture_safety()): the
--- event trigger keeps captured tables safe, but not through what it cannot
--- see (a type owner demoted from superuser, the event trigger disabled).
+-- including rows that existed before capture() (version NULL).  key is the
+-- aggregate's key as text (as outbox.aggregate_id holds it), for every key
+-- type; id the same key as a bigint for integer keys (NULL for text and uuid
+-- keys), as 0.1.0 returned it.  Run by a superuser (heal() over dblink), it
+-- renders the table's rows with to_jsonb() as capture_row() does, so it
+-- first refuses a table whose types would run code a non-superuser controls
+-- (check_capture_safety()): the event trigger keeps captured tables safe,
+-- but not through what it cannot see (a type owner demoted from superuser,
+-- the event trigger disabled).
 CREATE FUNCTION @extschema@.source_state(aggregate_type text DEFAULT 'citizen')
-RETURNS TABLE (id bigint, version bigint, present boolean, changed_at timestamptz, snapshot jsonb)
+RETURNS TABLE (id bigint, version bigint, present boolean, changed_at timestamptz, snapshot jsonb,
+               key text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -27,62 +31,88 @@ BEGIN
     END IF;
     PERFORM @extschema@.check_capture_safety(cap.source);
     RETURN QUERY EXECUTE format(
-        'SELECT COALESCE((t.j ->> %L)::bigint, v.aggregate_id), v.last_version, t.j IS NOT NULL,
-                v.last_changed_at, @extschema@.published_columns(t.j, $2)
+        'SELECT CASE WHEN $3 THEN k.key::bigint END, v.last_version, t.j IS NOT NULL,
+                v.last_changed_at, @extschema@.published_columns(t.j, $2), k.key
            FROM (SELECT to_jsonb(s) AS j FROM %s s) t
            FULL JOIN (SELECT * FROM @extschema@.aggregate_versions WHERE aggregate_type = $1) v
-             ON v.aggregate_id = (t.j ->> %L)::bigint',
-        cap.id_column, cap.source, cap.id_column)
-    USING cap.aggregate_type, cap.columns;
+             ON v.aggregate_id = t.j ->> %L
+          CROSS JOIN LATERAL (SELECT COALESCE(t.j ->> %L, v.aggregate_id) AS key) k',
+        cap.source, cap.id_column, cap.id_column)
+    USING cap.aggregate_type, cap.columns,
+          @extschema@.key_type(cap.source, cap.id_column)
+              IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype);
 END
 $$;
 
 -- Source side: republish the current snapshot of the given aggregates (all
--- rows when ids is NULL) through the outbox, so caches heal by the normal
--- path; ids no longer in the source are published as deleted.  Also the way
--- to backfill rows that existed before capture().  Returns events written.
-CREATE FUNCTION @extschema@.resync(aggregate_type text DEFAULT 'citizen', ids bigint[] DEFAULT NULL,
-                                  at_least bigint[] DEFAULT NULL)
+-- rows when keys is NULL) through the outbox, so caches heal by the normal
+-- path; keys no longer in the source are published as deleted.  Also the
+-- way to backfill rows that existed before capture().  Keys are given as
+-- text, for every key type (an integer key as its decimal digits, a uuid in
+-- lower case); at_least, parallel to keys, lifts the version counters
+-- first.  Events carry the capture's names for update and delete.  Returns
+-- events written.
+CREATE FUNCTION @extschema@.resync(aggregate_type text, keys text[], at_least bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s record;
-    n bigint := 0;
+    cap     record;
+    int_key boolean;
+    s       record;
+    n       bigint := 0;
 BEGIN
     -- A cache can be ahead of the source's counter (a restored auth database,
     -- a hand-edited cache): lift the counter so the new events win.
     IF at_least IS NOT NULL THEN
         INSERT INTO @extschema@.aggregate_versions AS v (aggregate_type, aggregate_id, last_version)
-        SELECT resync.aggregate_type, u.id, u.v
-          FROM unnest(ids, at_least) AS u(id, v)
-         WHERE u.id IS NOT NULL AND u.v IS NOT NULL
+        SELECT resync.aggregate_type, u.k, u.v
+          FROM unnest(keys, at_least) AS u(k, v)
+         WHERE u.k IS NOT NULL AND u.v IS NOT NULL
         ON CONFLICT ON CONSTRAINT aggregate_versions_pkey
             DO UPDATE SET last_version = GREATEST(v.last_version, EXCLUDED.last_version);
     END IF;
-    FOR s IN SELECT * FROM @extschema@.source_state(aggregate_type) st
-              WHERE ids IS NULL OR st.id = ANY (ids)
-              ORDER BY st.id LOOP
+    SELECT c.* INTO cap FROM @extschema@.captures c
+     WHERE c.aggregate_type = resync.aggregate_type
+       AND EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.source::oid);
+    int_key := @extschema@.key_type(cap.source, cap.id_column)
+                   IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype);
+    -- source_state() raises if the aggregate type is not captured
+    FOR s IN WITH st AS MATERIALIZED (SELECT * FROM @extschema@.source_state(aggregate_type))
+             SELECT * FROM (
+                 SELECT st.key, st.present, st.snapshot FROM st
+                  WHERE keys IS NULL OR st.key = ANY (keys)
+                 UNION ALL
+                 SELECT u.k, false, NULL::jsonb FROM unnest(keys) AS u(k)
+                  WHERE u.k IS NOT NULL AND NOT EXISTS (SELECT 1 FROM st WHERE st.key = u.k)) x
+              ORDER BY CASE WHEN int_key THEN x.key::numeric END, x.key LOOP
         IF s.present THEN
-            PERFORM @extschema@.emit_change(aggregate_type, s.id, 'updated', s.snapshot);
+            PERFORM @extschema@.emit_change(aggregate_type,
+                        CASE WHEN int_key THEN to_jsonb(s.key::bigint) ELSE to_jsonb(s.key) END,
+                        @extschema@.event_name(cap.event_types, 'update'), s.snapshot);
             n := n + 1;
-        ELSIF ids IS NOT NULL THEN
-            PERFORM @extschema@.emit_change(aggregate_type, s.id, 'deleted', NULL);
+        ELSIF keys IS NOT NULL THEN
+            PERFORM @extschema@.emit_change(aggregate_type,
+                        CASE WHEN int_key THEN to_jsonb(s.key::bigint) ELSE to_jsonb(s.key) END,
+                        @extschema@.event_name(cap.event_types, 'delete'), NULL);
             n := n + 1;
         END IF;
     END LOOP;
-    -- ids the source never had at all: tell the caches they are gone
-    IF ids IS NOT NULL THEN
-        FOR s IN SELECT u.id FROM unnest(ids) AS u(id)
-                  WHERE NOT EXISTS (SELECT 1 FROM @extschema@.source_state(aggregate_type) st
-                                     WHERE st.id = u.id) LOOP
-            PERFORM @extschema@.emit_change(aggregate_type, s.id, 'deleted', NULL);
-            n := n + 1;
-        END LOOP;
-    END IF;
     RETURN n;
 END
+$$;
+COMMENT ON FUNCTION @extschema@.resync(text, text[], bigint[]) IS
+    'Republish the current snapshot of the given (NULL = all) aggregates, keys as text, through the outbox, above the versions in at_least';
+
+-- The form of 0.1.0, for integer keys: resync(aggregate_type, keys as text).
+CREATE FUNCTION @extschema@.resync(aggregate_type text DEFAULT 'citizen', ids bigint[] DEFAULT NULL,
+                                  at_least bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @extschema@.resync(aggregate_type, ids::text[], at_least)
 $$;
 COMMENT ON FUNCTION @extschema@.resync(text, bigint[], bigint[]) IS
     'Republish the current snapshot of the given (NULL = all) aggregates through the outbox, above the versions in at_least';
@@ -145,7 +175,8 @@ BEGIN
                         AS t(id bigint, version bigint, present boolean, changed_at timestamptz, snapshot jsonb)',
                    @extschema@.dblink_schema())
     USING source_conninfo,
-          format('SELECT * FROM citizen_sync.source_state(%L)', aggregate_type);
+          format('SELECT id, version, present, changed_at, snapshot FROM citizen_sync.source_state(%L)',
+                 aggregate_type);
     SELECT count(*) INTO n_checked FROM citizen_sync_source_state;
 
     CREATE TEMP TABLE IF NOT EXISTS citizen_sync_drift
@@ -229,6 +260,7 @@ CREATE VIEW @extschema@.consistency_status AS
      ORDER BY source, checked_at DESC;
 REVOKE ALL ON FUNCTION @extschema@.source_state(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.resync(text, bigint[], bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.resync(text, text[], bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.consistency_check(text, interval, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.heal(text, interval, text) FROM PUBLIC;
 REVOKE ALL ON @extschema@.consistency_reports FROM PUBLIC;

@@ -91,7 +91,7 @@ SELECT c.id,
        array_to_string((array_agg((o.payload ->> 'event_version')::bigint ORDER BY o.id))[1:12], ',')
   FROM public.citizens c
   LEFT JOIN citizen_sync.outbox o
-    ON o.aggregate_type = 'citizen' AND o.aggregate_id = c.id
+    ON o.aggregate_type = 'citizen' AND o.aggregate_id = c.id::text
  GROUP BY c.id, c.n_updates
  ORDER BY c.id});
 
@@ -137,9 +137,9 @@ SELECT bool_and(o.payload -> 'data' -> 'snapshot' ->> 'name' = c.name
        AND count(*) = (SELECT count(*) FROM public.citizens)
   FROM public.citizens c
   JOIN citizen_sync.aggregate_versions v
-    ON v.aggregate_type = 'citizen' AND v.aggregate_id = c.id
+    ON v.aggregate_type = 'citizen' AND v.aggregate_id = c.id::text
   JOIN citizen_sync.outbox o
-    ON o.aggregate_type = 'citizen' AND o.aggregate_id = c.id
+    ON o.aggregate_type = 'citizen' AND o.aggregate_id = c.id::text
    AND (o.payload ->> 'event_version')::bigint = v.last_version}),
 	't',
 	'the last version is the final committed state of each citizen');
@@ -153,11 +153,11 @@ SELECT count(citizen_sync.apply_event(
   FROM (SELECT * FROM citizen_sync.outbox ORDER BY id OFFSET 0) AS o});
 is( $node->safe_psql('postgres', q{
 SELECT count(*) FROM (
-  (SELECT id, name, city, last_version FROM public.citizens JOIN citizen_sync.aggregate_versions ON aggregate_id = id
+  (SELECT id, name, city, last_version FROM public.citizens JOIN citizen_sync.aggregate_versions ON aggregate_id = id::text
    EXCEPT SELECT citizen_id, name, city, event_version FROM cache.citizen_refs)
   UNION ALL
   (SELECT citizen_id, name, city, event_version FROM cache.citizen_refs
-   EXCEPT SELECT id, name, city, last_version FROM public.citizens JOIN citizen_sync.aggregate_versions ON aggregate_id = id)) AS d}),
+   EXCEPT SELECT id, name, city, last_version FROM public.citizens JOIN citizen_sync.aggregate_versions ON aggregate_id = id::text)) AS d}),
 	'0',
 	'the cache replayed from the outbox equals the source table');
 

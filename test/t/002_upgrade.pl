@@ -106,6 +106,31 @@ is($node->safe_psql('old_db', q{SELECT extversion FROM pg_extension WHERE extnam
 	$current, "ALTER EXTENSION UPDATE reaches $current");
 is($node->safe_psql('old_db', $data_sql), $before, 'the data survived the update');
 
+# 0.1.0's outbox rows (bigint ids, now text) give the publisher the same
+# Kafka key and value as before (FETCH_SQL's expressions), and a change
+# after the update continues the citizen's versions with the same wire form.
+my $wire_sql = q{
+SELECT string_agg(format('%s %s %s', aggregate_type || '_' || aggregate_id,
+                         aggregate_type || '.' || event_type,
+                         jsonb_typeof(payload -> 'data' -> 'citizen_id')), ';' ORDER BY id)
+  FROM citizen_sync.outbox};
+is($node->safe_psql('old_db', $wire_sql),
+	'citizen_1 citizen.created number;citizen_2 citizen.created number;citizen_2 citizen.updated number',
+	'0.1.0 outbox rows: Kafka key citizen_<id>, data.citizen_id a JSON number');
+$node->safe_psql('old_db', q{UPDATE public.citizens SET phone = '+1-555-0303' WHERE id = 2});
+is($node->safe_psql('old_db', q{
+SELECT format('%s %s %s %s', o.aggregate_type || '_' || o.aggregate_id, o.event_type,
+              o.payload -> 'data' -> 'citizen_id',
+              (o.payload ->> 'event_version')::bigint > (SELECT max((p.payload ->> 'event_version')::bigint)
+                                                           FROM citizen_sync.outbox p
+                                                          WHERE p.aggregate_id = '2' AND p.id < o.id))
+  FROM citizen_sync.outbox o ORDER BY o.id DESC LIMIT 1}),
+	'citizen_2 updated 2 t', 'a change after the update: same key and data.citizen_id, a higher version');
+is($node->safe_psql('old_db', q{
+SELECT citizen_sync.current_version('citizen', '2') = max((payload ->> 'event_version')::bigint)
+  FROM citizen_sync.outbox WHERE aggregate_id = '2'}),
+	't', 'current_version() of an aggregate captured under 0.1.0');
+
 # The same application table, captured the same way (captures made by 0.1.0
 # must end up as the current version makes them).
 $node->safe_psql('fresh_db', q{

@@ -86,9 +86,9 @@ UPDATE citizens SET password_hash = md5(random()::text) WHERE id = :cid;
 
 my ($hot_min, $deleted, $changes) = split /\|/, $node->safe_psql('auth_db', q{
 SELECT (SELECT min(n) FROM (SELECT count(*) AS n FROM citizen_sync.outbox
-                             WHERE aggregate_id <= 3 GROUP BY aggregate_id) AS h),
+                             WHERE aggregate_id::bigint <= 3 GROUP BY aggregate_id) AS h),
        (SELECT count(*) FROM citizen_sync.aggregate_versions v
-         WHERE NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id = v.aggregate_id)),
+         WHERE NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id::text = v.aggregate_id)),
        (SELECT count(*) FROM citizen_sync.outbox)});
 cmp_ok($hot_min, '>', 50, "each hot citizen got many versions (at least $hot_min)");
 cmp_ok($deleted, '>', 10, "some citizens were deleted ($deleted)");

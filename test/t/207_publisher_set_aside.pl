@@ -105,7 +105,7 @@ UPDATE citizens SET phone = '+1-555-0100' WHERE name LIKE 'Before %' AND id % 3 
 DELETE FROM citizens WHERE name = 'Before 5';
 });
 my ($first, $nrows) = split /\|/,
-  q1("SELECT min(id), count(*) FROM citizen_sync.outbox WHERE aggregate_id = $big");
+  q1("SELECT min(id), count(*) FROM citizen_sync.outbox WHERE aggregate_id = '$big'");
 is($nrows, 61, 'the big citizen has 61 outbox rows (insert + 60 updates)');
 
 my %last;
@@ -138,7 +138,7 @@ is($retries, 1, 'it failed once');
 is( q1(qq{
 SELECT count(*) FILTER (WHERE published_at IS NULL AND set_aside_at IS NULL),
        count(*) FILTER (WHERE published_at IS NOT NULL)
-  FROM citizen_sync.outbox WHERE aggregate_id = $big AND id > $first}),
+  FROM citizen_sync.outbox WHERE aggregate_id = '$big' AND id > $first}),
 	'60|0',
 	'its 60 later rows wait, pending and not set aside');
 is(versions_on_topic("citizen_$big"), '', 'nothing of the big citizen is on the topic');
@@ -159,7 +159,7 @@ sub wait_outbox_drained_but
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	ok( poll_until(30, sub {
 				(query_or_undef($node, 'auth_db', qq{
-SELECT count(*) FILTER (WHERE aggregate_id <> $big), count(*) FROM citizen_sync.outbox
+SELECT count(*) FILTER (WHERE aggregate_id <> '$big'), count(*) FROM citizen_sync.outbox
  WHERE published_at IS NULL}) // '') eq "0|$n";
 			}),
 		'other changes are published');
@@ -195,7 +195,7 @@ is(q1('SELECT count(*) FROM citizen_sync.retry_set_aside()'), '1',
 wait_outbox_drained($node, 60, 'after the fix, the big citizen is published');
 my $big_versions = q1(qq{
 SELECT string_agg('v' || (payload ->> 'event_version'), ' ' ORDER BY id) FROM citizen_sync.outbox
- WHERE aggregate_type = 'citizen' AND aggregate_id = $big});
+ WHERE aggregate_type = 'citizen' AND aggregate_id = '$big'});
 is(scalar(split / /, $big_versions), 61, 'the big citizen has 61 outbox rows');
 is(versions_on_topic("citizen_$big"), $big_versions,
 	'its 61 versions are on the topic once each, in order');
@@ -220,8 +220,8 @@ wait_outbox_drained($node, 60, 'the burst is published');
 is( q1(qq{
 SELECT count(*), count(DISTINCT published_at) FROM citizen_sync.outbox
  WHERE id > $mark
-   AND (aggregate_id <> $hot
-        OR id = (SELECT min(id) FROM citizen_sync.outbox WHERE id > $mark AND aggregate_id = $hot))}),
+   AND (aggregate_id <> '$hot'
+        OR id = (SELECT min(id) FROM citizen_sync.outbox WHERE id > $mark AND aggregate_id = '$hot'))}),
 	'41|1',
 	"one round carried the hot citizen's oldest row and the 40 new citizens");
 

@@ -79,7 +79,7 @@ for my $i (1 .. 3)
 ok( poll_until(10, sub {
 		my $n = query_or_undef($node, 'auth_db', qq{
 SELECT count(*) FROM citizen_sync.outbox
- WHERE published_at IS NULL AND aggregate_id IN ($healthy_list)});
+ WHERE published_at IS NULL AND aggregate_id::bigint IN ($healthy_list)});
 		defined $n && $n == 0;
 	}),
 	'one down: the outbox rows of the healthy citizens are marked published');

@@ -88,7 +88,7 @@ SELECT source || ' ' || checked || ' ' || missing || ' ' || stale || ' ' || mism
 	'the report counts 4 missing, 2 stale, 2 mismatched, 3 extra');
 my %last = map { split /\|/ } split /\n/, $node->safe_psql('auth_db', q{
 SELECT aggregate_id || '|' || last_version FROM citizen_sync.aggregate_versions
- WHERE aggregate_type = 'citizen' AND aggregate_id IN (1, 5, 39)});
+ WHERE aggregate_type = 'citizen' AND aggregate_id::bigint IN (1, 5, 39)});
 is( $node->safe_psql('permits_db', qq{
 SELECT string_agg(citizen_id || ':' || coalesce(source_version::text, '-') || '/'
                   || coalesce(cache_version::text, '-'), ' ' ORDER BY citizen_id)

@@ -179,10 +179,10 @@ DELETE FROM citizens WHERE id = :bid;
 COMMIT;
 \\else
 INSERT INTO citizens (id, name, email, city)
-SELECT v.aggregate_id, 'Back ' || md5(random()::text), 'back\@example.gov', 'Springfield'
+SELECT v.aggregate_id::bigint, 'Back ' || md5(random()::text), 'back\@example.gov', 'Springfield'
   FROM citizen_sync.aggregate_versions v
  WHERE v.aggregate_type = 'citizen'
-   AND NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id = v.aggregate_id)
+   AND NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id::text = v.aggregate_id)
  ORDER BY random() LIMIT 1
 ON CONFLICT (id) DO NOTHING;
 \\endif
@@ -500,11 +500,11 @@ SELECT aggregate_id || '|' || (payload ->> 'event_version') || '|' ||
 }
 my $last_before_delete = $auth->safe_psql('auth_db', qq{
 SELECT coalesce(string_agg(line, E'\\n' ORDER BY id), '') FROM (
-  SELECT DISTINCT ON (aggregate_id) aggregate_id AS id,
+  SELECT DISTINCT ON (aggregate_id) aggregate_id::bigint AS id,
          aggregate_id || '|' || concat_ws('|', $fields) AS line
     FROM citizen_sync.outbox, LATERAL (SELECT payload -> 'data' -> 'snapshot') AS x(s)
    WHERE aggregate_type = 'citizen' AND event_type <> 'deleted'
-     AND NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id = aggregate_id)
+     AND NOT EXISTS (SELECT 1 FROM citizens c WHERE c.id::text = aggregate_id)
    ORDER BY aggregate_id, (payload ->> 'event_version')::bigint DESC) d});
 my $cache_fields = join(', ',
 	map { "coalesce(${_}::text, '<null>')" }

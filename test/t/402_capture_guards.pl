@@ -75,7 +75,7 @@ INSERT INTO public.citizens VALUES (1, 'Ana', 'ana@example.gov'), (2, 'Ben', 'be
 my $unpublished_sql = q{
 SELECT coalesce(string_agg(coalesce(c.id, e.agg_id)::text, ',' ORDER BY coalesce(c.id, e.agg_id)), '')
   FROM public.citizens c
-  FULL JOIN (SELECT DISTINCT ON (aggregate_id) aggregate_id AS agg_id, event_type,
+  FULL JOIN (SELECT DISTINCT ON (aggregate_id) aggregate_id::bigint AS agg_id, event_type,
                     payload -> 'data' -> 'snapshot' AS snap
                FROM citizen_sync.outbox WHERE aggregate_type = 'citizen'
               ORDER BY aggregate_id, id DESC) e ON e.agg_id = c.id

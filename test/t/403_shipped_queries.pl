@@ -71,9 +71,9 @@ my %DEMO = (
 	q{SELECT EXISTS (SELECT 1 FROM cache.citizen_refs WHERE $cond)} => {},
 	q{SELECT '${s}_db' AS cache, citizen_id AS id, name, phone, event_version AS version, is_active, (deleted_at IS NOT NULL) AS deleted FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
-	q{SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id LIMIT 1 OFFSET $n}
+	q{SELECT payload ->> 'event_version'::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id LIMIT 1 OFFSET $n}
 	  => {},
-	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = 1 AND (payload ->> 'event_version'::text)::bigint = $v}
+	q{SELECT payload ->> 'event_timestamp'::text FROM citizen_sync.outbox WHERE aggregate_id = '1' AND (payload ->> 'event_version'::text)::bigint = $v}
 	  => {},
 	q{SELECT round(extract(epoch FROM last_synced_at - timestamptz '$ts') * 1000.0, 1) FROM cache.citizen_refs WHERE citizen_id = 1}
 	  => {},
@@ -82,7 +82,7 @@ my %DEMO = (
 	q{SELECT id, event_type, payload -> 'event_version'::text AS version, published_at IS NOT NULL AS published FROM citizen_sync.outbox}
 	  => {},
 	q{UPDATE public.citizens SET phone = '+1-555-0199' WHERE id = 1} => {},
-	q{SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = 1 ORDER BY id DESC LIMIT 1}
+	q{SELECT (payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('event_type', 'citizen.updated', 'event_id', pg_catalog.format('evt_%s_%s', id, (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)))::text FROM citizen_sync.outbox WHERE aggregate_id = '1' ORDER BY id DESC LIMIT 1}
 	  => {},
 	q{SELECT duplicate >= 1 AND stale >= 1 FROM citizen_sync.consumer_stats WHERE database = '${s}_db'} => {},
 	q{SELECT database, applied, stale, duplicate FROM citizen_sync.consumer_stats} => {},
@@ -108,6 +108,13 @@ my %DOCS = (
 	  { run => q{SELECT citizen_sync.create_service_roles('permits')} },
 	"SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY[\x{2026}new list\x{2026}])" =>
 	  { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY['name', 'email', 'phone'])} },
+	q{SELECT citizen_sync.capture('public.role_assignments', 'role', NULL, 'assignment_id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')}
+	  => { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', NULL, 'id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')},
+		why => 'the example table does not exist here: the same call on the citizens table' },
+	'GRANT USAGE ON SCHEMA citizen_sync TO auth_app' =>
+	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
+	'GRANT EXECUTE ON FUNCTION citizen_sync.current_version(text, text) TO auth_app' =>
+	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

@@ -10,7 +10,7 @@ CREATE INDEX outbox_set_aside ON @extschema@.outbox (aggregate_type, aggregate_i
     WHERE set_aside_at IS NOT NULL AND published_at IS NULL;
 
 CREATE FUNCTION @extschema@.retry_set_aside(ids bigint[] DEFAULT NULL)
-RETURNS TABLE (id bigint, aggregate_type text, aggregate_id bigint, last_error text)
+RETURNS TABLE (id bigint, aggregate_type text, aggregate_id text, last_error text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$

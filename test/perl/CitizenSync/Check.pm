@@ -513,9 +513,9 @@ SELECT v.aggregate_id || '|' || v.last_version || '|' ||
        CASE WHEN c.id IS NULL THEN 'f'
             ELSE 't|' || concat_ws('|', $FIELDS) END
   FROM citizen_sync.aggregate_versions v
-  LEFT JOIN citizens c ON c.id = v.aggregate_id
+  LEFT JOIN citizens c ON c.id::text = v.aggregate_id
  WHERE v.aggregate_type = 'citizen'
- ORDER BY v.aggregate_id});
+ ORDER BY v.aggregate_id::bigint});
 }
 
 =pod

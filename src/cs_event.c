@@ -234,7 +234,8 @@ get_key(json_object *obj, const char *key, const char *path,
 	{
 		if (!get_int64(obj, key, path, 1, &id, err))
 			return false;
-		*out = psprintf(INT64_FORMAT, id);
+		*out = palloc(24);
+		snprintf(*out, 24, INT64_FORMAT, id);
 		return true;
 	}
 	if (!get_string(obj, key, path, true, CS_MAX_EVENT_ID_CHARS, out, err))
@@ -292,8 +293,12 @@ field_text(json_object *val, const CsFieldSpec *spec, const char *path,
 							json_type_label(val));
 			break;
 		case CS_FIELD_JSON:
-			*out = pstrdup(json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN));
-			return true;
+			{
+				const char *json = json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN);
+
+				*out = pnstrdup(json, strlen(json));
+				return true;
+			}
 		case CS_FIELD_SCALAR:
 			if (t == json_type_object || t == json_type_array)
 				return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
@@ -303,7 +308,7 @@ field_text(json_object *val, const CsFieldSpec *spec, const char *path,
 		case CS_FIELD_STRING:
 			break;
 	}
-	*out = pstrdup(json_object_get_string(val));
+	*out = pnstrdup(json_object_get_string(val), strlen(json_object_get_string(val)));
 	return true;
 }
 
@@ -328,7 +333,8 @@ parse_snapshot(json_object *snap, const CsEventShape *shape, CsEvent *ev,
 {
 	if (!check_snapshot_id(snap, shape, ev, err))
 		return false;
-	ev->values = palloc0(sizeof(char *) * Max(shape->nfields, 1));
+	ev->values = palloc(sizeof(char *) * Max(shape->nfields, 1));
+	memset(ev->values, 0, sizeof(char *) * Max(shape->nfields, 1));
 	for (int i = 0; i < shape->nfields; i++)
 		if (!get_field(snap, &shape->scan.snapshot[1 + i], &shape->fields[i],
 					   &ev->values[i], err))

@@ -81,6 +81,22 @@ invalidate(Datum arg, Oid relid)
 			stale = true;
 }
 
+/*
+ * Run a catalog query (with target as $1 unless InvalidOid).  SPI returns in
+ * its own procedure context: the loader goes on allocating in subs_cxt.
+ */
+static void
+run_query(const char *sql, Oid target)
+{
+	Oid			argtype = OIDOID;
+	Datum		arg = ObjectIdGetDatum(target);
+
+	if (SPI_execute_with_args(sql, target != InvalidOid ? 1 : 0, &argtype, &arg,
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "citizen_sync: reading the subscriptions failed");
+	MemoryContextSwitchTo(subs_cxt);
+}
+
 /* Column col of row r of the last SPI result as a palloc'd string or NULL. */
 static char *
 text_at(int r, int col)
@@ -94,17 +110,6 @@ static Datum
 datum_at(int r, int col, bool *isnull)
 {
 	return SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, col, isnull);
-}
-
-static void
-run_query(const char *sql, Oid target)
-{
-	Oid			argtype = OIDOID;
-	Datum		arg = ObjectIdGetDatum(target);
-
-	if (SPI_execute_with_args(sql, target != InvalidOid ? 1 : 0, &argtype, &arg,
-							  NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "citizen_sync: reading the subscriptions failed");
 }
 
 /* The event names of s (from the catalog's event_types). */

@@ -73,7 +73,9 @@ RETURNS TABLE (attnum int, column_name name, field text, type_name text,
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT a.attnum::int, a.attname, COALESCE(m.spec ->> 'field', m.spec #>> '{}', a.attname::text),
+    SELECT a.attnum::int, a.attname,
+           CASE pg_catalog.jsonb_typeof(m.spec) WHEN 'string' THEN m.spec #>> '{}'
+                ELSE COALESCE(m.spec ->> 'field', a.attname::text) END,
            pg_catalog.format_type(a.atttypid, a.atttypmod), t.typcategory, a.attnotnull,
            pg_catalog.pg_get_expr(d.adbin, d.adrelid),
            (a.attnotnull AND d.adbin IS NULL) OR COALESCE((m.spec ->> 'required')::boolean, false),

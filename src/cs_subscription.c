@@ -18,6 +18,8 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
 #include "catalog/pg_type.h"
 #include "cs_config.h"
 #include "cs_guc.h"
@@ -279,6 +281,13 @@ cs_subscriptions_refresh(void)
 	stale = false;				/* an invalidation from here on counts */
 	catalog_relid = get_relname_relid("subscription_catalog",
 									  get_namespace_oid("citizen_sync", false));
+	if (!OidIsValid(catalog_relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension citizen_sync in database \"%s\" is older than its library",
+						get_database_name(MyDatabaseId)),
+				 errdetail("Table citizen_sync.subscription_catalog does not exist."),
+				 errhint("Run ALTER EXTENSION citizen_sync UPDATE.")));
 	old = MemoryContextSwitchTo(subs_cxt);
 	run_query(LIST_SQL, InvalidOid);
 	list = SPI_tuptable;

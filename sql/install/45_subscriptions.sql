@@ -239,8 +239,12 @@ BEGIN
             format('Unsubscribe %s first, or subscribe another topic.', other), 'duplicate_object');
     END IF;
     IF s.delete_mode = 'soft' THEN
-        SELECT f.column_name INTO k FROM @extschema@.subscription_fields(s.target) f
-         WHERE f.not_null AND f.default_expr IS NULL LIMIT 1;
+        SELECT a.attname INTO k FROM pg_attribute a
+         WHERE a.attrelid = s.target AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attnotnull AND NOT a.atthasdef AND a.attgenerated = ''
+           AND a.attname NOT IN (s.key_column, 'event_version', 'last_synced_at', 'is_active', 'deleted_at')
+           AND jsonb_typeof(COALESCE(s.columns -> a.attname::text, '""')) <> 'null'
+         ORDER BY a.attnum LIMIT 1;
         IF FOUND THEN
             PERFORM @extschema@.subscription_error(
                 format('column %I of table %s is NOT NULL without a default', k, s.target),

@@ -89,6 +89,7 @@ citizen_sync_apply_event(PG_FUNCTION_ARGS)
 
 /*
  * citizen_sync.apply_events(payloads text[])
+ * citizen_sync.apply_events(payloads text[], topic text)
  *	  RETURNS TABLE(ordinality int, event_id text, result text)
  */
 Datum
@@ -107,7 +108,7 @@ citizen_sync_apply_events(PG_FUNCTION_ARGS)
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	events = palloc(sizeof(CsEvent) * Max(n, 1));
 	results = palloc(sizeof(CsApplyResult) * Max(n, 1));
-	sub = begin_apply(NULL);
+	sub = begin_apply(PG_NARGS() > 1 ? text_to_cstring(PG_GETARG_TEXT_PP(1)) : NULL);
 	for (int i = 0; i < n; i++)
 	{
 		if (nulls[i])

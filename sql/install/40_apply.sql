@@ -26,3 +26,12 @@ COMMENT ON FUNCTION @extschema@.apply_events(text[]) IS
 REVOKE ALL ON FUNCTION @extschema@.apply_event(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.apply_events(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.apply_event(text, text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apply_events(payloads text[], topic text)
+RETURNS TABLE (ordinality int, event_id text, result text)
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'citizen_sync_apply_events';
+COMMENT ON FUNCTION @extschema@.apply_events(text[], text) IS
+    'Apply many raw events of topic into the table subscribed to it, in stream order, set-based';
+REVOKE ALL ON FUNCTION @extschema@.apply_events(text[], text) FROM PUBLIC;

@@ -25,7 +25,7 @@ CREATE TABLE @extschema@.subscription_catalog (
 CREATE UNIQUE INDEX subscription_catalog_topic ON @extschema@.subscription_catalog (topic);
 COMMENT ON TABLE @extschema@.subscription_catalog IS
     'Subscribed cache tables (citizen_sync.subscribe()); read by the consumer of this database';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.subscription_catalog', 'WHERE NOT builtin');
+-- (dumped by pg_dump without the built-in row: 99_subscriptions_dump.sql)
 
 -- Outcome counters per subscription, updated by the consumer once per batch
 -- in the batch's transaction.

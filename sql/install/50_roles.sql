@@ -126,6 +126,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_event(text) TO %I', sync);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_events(text[]) TO %I', sync);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_event(text, text) TO %I', sync);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_events(text[], text) TO %I', sync);
     -- and the subscribed tables of this database (citizen_sync.subscribe())
     PERFORM @extschema@.grant_subscription(c.target, sync::name)
        FROM @extschema@.subscription_catalog c;

@@ -13,6 +13,15 @@ COMMENT ON FUNCTION @extschema@.apply_event(text, text) IS
 
 REVOKE ALL ON FUNCTION @extschema@.apply_event(text, text) FROM PUBLIC;
 
+CREATE FUNCTION @extschema@.apply_events(payloads text[], topic text)
+RETURNS TABLE (ordinality int, event_id text, result text)
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'citizen_sync_apply_events';
+COMMENT ON FUNCTION @extschema@.apply_events(text[], text) IS
+    'Apply many raw events of topic into the table subscribed to it, in stream order, set-based';
+REVOKE ALL ON FUNCTION @extschema@.apply_events(text[], text) FROM PUBLIC;
+
 -- retry_dead_letters() applies a letter into its topic's table
 CREATE OR REPLACE FUNCTION @extschema@.retry_dead_letters(ids bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, result text, error text)
@@ -80,7 +89,7 @@ CREATE TABLE @extschema@.subscription_catalog (
 CREATE UNIQUE INDEX subscription_catalog_topic ON @extschema@.subscription_catalog (topic);
 COMMENT ON TABLE @extschema@.subscription_catalog IS
     'Subscribed cache tables (citizen_sync.subscribe()); read by the consumer of this database';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.subscription_catalog', 'WHERE NOT builtin');
+-- (dumped by pg_dump without the built-in row: 99_subscriptions_dump.sql)
 
 -- Outcome counters per subscription, updated by the consumer once per batch
 -- in the batch's transaction.

@@ -98,27 +98,30 @@ SELECT has_table_privilege('$sync', 'cache.employees', 'SELECT, INSERT, UPDATE')
 sub employee
 {
 	my ($kind, $eid, $v, $id, $snap) = @_;
-	my $data = defined $snap ? qq{"employee_id":$id,"snapshot":$snap} : qq{"employee_id":$id};
+	my $data = defined $snap ? qq("employee_id":$id,"snapshot":$snap) : qq("employee_id":$id);
 	return [ "employee_$id",
-		qq{{"event_type":"employee.$kind","event_id":"$eid","event_version":$v,}
-		  . qq{"event_timestamp":"2026-11-25T10:15:00.000Z","data":{$data}}} ];
+		sprintf('{"event_type":"employee.%s","event_id":"%s","event_version":%d,'
+			  . '"event_timestamp":"2026-11-25T10:15:00.000Z","data":{%s}}',
+			$kind, $eid, $v, $data) ];
 }
 
 sub role
 {
 	my ($kind, $eid, $v, $id, $snap) = @_;
-	my $data = defined $snap ? qq{"role_assignment_id":"$id","snapshot":$snap}
-	  : qq{"role_assignment_id":"$id"};
+	my $data = defined $snap ? qq("role_assignment_id":"$id","snapshot":$snap)
+	  : qq("role_assignment_id":"$id");
 	return [ "role_$id",
-		qq{{"event_type":"role.$kind","event_id":"$eid","event_version":$v,"data":{$data}}} ];
+		sprintf('{"event_type":"role.%s","event_id":"%s","event_version":%d,"data":{%s}}',
+			$kind, $eid, $v, $data) ];
 }
 
 sub permission
 {
 	my ($eid, $v, $id, $desc) = @_;
 	return [ "permission_$id",
-		qq{{"event_type":"permission.granted","event_id":"$eid","event_version":$v,}
-		  . qq{"data":{"permission_id":"$id","snapshot":{"id":"$id","description":"$desc"}}}} ];
+		sprintf('{"event_type":"permission.granted","event_id":"%s","event_version":%d,'
+			  . '"data":{"permission_id":"%s","snapshot":{"id":"%s","description":"%s"}}}',
+			$eid, $v, $id, $id, $desc) ];
 }
 
 my $ra = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11';

@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  * cs_consumer.c
- *	  The consumer worker: Kafka to cache.citizen_refs, in-process.
+ *	  The consumer worker: Kafka to the subscribed cache tables, in-process.
  *
  * One process per entry of citizen_sync.databases, connected to that
- * database as the entry's role.  Loop: wait on the latch and the consumer
+ * database as the entry's role, subscribed to every topic of the database's
+ * subscriptions (re-read at most once a second, cs_subscription.c).  Loop:
+ * wait on the latch and the consumer
  * queue; drain events (messages, rebalances, errors, logs) from this thread
  * only; when a batch is full or old enough, apply it in one transaction that
  * also stores the partitions' next offsets (cs_batch.c), then commit the

@@ -25,16 +25,19 @@ PG_FUNCTION_INFO_V1(citizen_sync_apply_events);
 
 /*
  * Connect to SPI and find the subscription of topic (NULL: the built-in
- * one), or raise.
+ * one), or raise.  Back in the caller's memory context: the parsed events
+ * must outlive SPI_finish().
  */
 static int
 begin_apply(const char *topic)
 {
 	int			sub;
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "citizen_sync: SPI_connect failed");
 	cs_subscriptions_refresh();
+	MemoryContextSwitchTo(caller);
 	sub = topic ? cs_subscription_for_topic(topic) : cs_subscription_for_target(InvalidOid);
 	if (sub < 0 && topic)
 		ereport(ERROR,

@@ -40,6 +40,12 @@ static bool loaded = false;		/* the last load completed */
 static bool callback_registered = false;
 static Oid	catalog_relid = InvalidOid;
 
+/* The last topic looked up and its answer (messages come in runs). */
+static char last_topic[250];
+static int	last_sub = -1;
+static void *last_set = NULL;
+static const char *last_topics_setting = NULL;
+
 #define LIST_SQL \
 	"SELECT c.target::pg_catalog.oid," \
 	"  pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'" \
@@ -255,6 +261,7 @@ unload(void)
 	subs = NULL;
 	nsubs = 0;
 	loaded = false;
+	last_set = NULL;
 	if (subs_cxt)
 		MemoryContextReset(subs_cxt);
 }
@@ -332,19 +339,28 @@ in_topics_setting(const char *topic)
 	return false;
 }
 
+
 int
 cs_subscription_for_topic(const char *topic)
 {
 	int			builtin = -1;
 
+	if (last_set == (void *) subs && subs != NULL && last_topics_setting == cs_topics &&
+		strcmp(last_topic, topic) == 0)
+		return last_sub;
+	last_set = subs;
+	last_topics_setting = cs_topics;
+	strlcpy(last_topic, topic, sizeof(last_topic));
+	last_sub = -1;
+
 	for (int i = 0; i < nsubs; i++)
 	{
 		if (subs[i].topic != NULL && strcmp(subs[i].topic, topic) == 0)
-			return i;
+			return last_sub = i;
 		if (subs[i].topic == NULL)
 			builtin = i;
 	}
-	return builtin >= 0 && in_topics_setting(topic) ? builtin : -1;
+	return last_sub = (builtin >= 0 && in_topics_setting(topic) ? builtin : -1);
 }
 
 int

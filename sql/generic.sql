@@ -142,6 +142,15 @@ ALTER TABLE cache.employees ADD COLUMN phone text;
 SELECT citizen_sync.apply_event(pg_temp.emp('updated', 'e6', 6, 7,
     '{"full_name": "A", "phone": "555-0100"}'), 'gov.auth.employee');
 SELECT employee_id, name, salary, phone, event_version FROM cache.employees;
+-- apply_events(payloads, topic): a large array (its event ids are returned
+-- from the parsed events, which must outlive the apply's SPI connection)
+SELECT count(DISTINCT event_id) AS ids, min(result), max(result)
+  FROM citizen_sync.apply_events(ARRAY(
+           SELECT pg_temp.emp('created', 'bulk_' || i, 1, 1000 + i,
+                              jsonb_build_object('full_name', 'Bulk ' || i, 'department', repeat('d', 20)))
+             FROM generate_series(1, 3000) AS i), 'gov.auth.employee');
+SELECT count(*) AS bulk_rows FROM cache.employees WHERE employee_id > 1000;
+DELETE FROM cache.employees WHERE employee_id > 1000;
 -- soft delete keeps the row; an older update does not bring it back
 SELECT citizen_sync.apply_event(pg_temp.emp('deleted', 'e7', 7, 7, NULL), 'gov.auth.employee');
 SELECT citizen_sync.apply_event(pg_temp.emp('updated', 'e8', 6, 7, '{"full_name": "Back"}'), 'gov.auth.employee');

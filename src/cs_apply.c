@@ -176,13 +176,13 @@ make_array(Datum *elems, bool *nulls, int n, Oid elemtype)
 /*
  * The apply statements' arguments, one element per event win[k]: $1 the
  * keys, $2 the versions, $3 is_active (false for a delete), then one text
- * array per field of the subscription.
+ * array for each of the subscription's first nfields fields.
  */
 static Datum *
 build_arguments(const CsSubscription *sub, const CsEvent *events,
-				const int *win, int n)
+				const int *win, int n, int nfields)
 {
-	int			nargs = 3 + sub->shape.nfields;
+	int			nargs = 3 + nfields;
 	Datum	   *args = palloc(sizeof(Datum) * nargs);
 	Datum	   *elems = palloc(sizeof(Datum) * n);
 	bool	   *nulls = palloc0(sizeof(bool) * n);
@@ -196,7 +196,7 @@ build_arguments(const CsSubscription *sub, const CsEvent *events,
 	for (int k = 0; k < n; k++)
 		elems[k] = BoolGetDatum(events[win[k]].type != CS_EVENT_DELETE);
 	args[2] = make_array(elems, nulls, n, BOOLOID);
-	for (int f = 0; f < sub->shape.nfields; f++)
+	for (int f = 0; f < nfields; f++)
 	{
 		for (int k = 0; k < n; k++)
 		{
@@ -256,7 +256,7 @@ note_returned(const CsSubscription *sub, const CsEvent *events,
 }
 
 /* Prepare a statement of the subscription and keep it (freed on reload). */
-static SPIPlanPtr
+static void
 prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs)
 {
 	Oid		   *argtypes = palloc(sizeof(Oid) * nargs);
@@ -266,52 +266,33 @@ prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs)
 	argtypes[2] = BOOLARRAYOID;
 	for (int i = 3; i < nargs; i++)
 		argtypes[i] = TEXTARRAYOID;
-	return prepare_once(slot, sql, nargs, argtypes);
+	(void) prepare_once(slot, sql, nargs, argtypes);
 }
 
 /*
- * Upsert one event per key (win[0..n), sorted by key) into the target; the
- * rows the version guard lets through become APPLIED or DELETED.
+ * Run one of the subscription's statements for the winners win[0..n)
+ * (sorted by key): the upsert of one event per key, whose rows the version
+ * guard lets through become APPLIED or DELETED (soft); or, for hard
+ * deletes, the removal of the rows with their versions kept in
+ * citizen_sync.tombstones, where newer than what is held.
  */
 static void
-run_upsert(CsSubscription *sub, const CsEvent *events, CsApplyResult *results,
-		   const int *win, int n)
+run_statement(CsSubscription *sub, bool hard_delete, const CsEvent *events,
+			  CsApplyResult *results, const int *win, int n)
 {
-	SPIPlanPtr	plan;
+	SPIPlanPtr *slot = hard_delete ? &sub->delete_plan : &sub->upsert_plan;
+	int			nfields = hard_delete ? 0 : sub->shape.nfields;
 	Datum	   *args;
 
 	if (n == 0)
 		return;
-	args = build_arguments(sub, events, win, n);
-	if (sub->upsert_plan == NULL)
-		plan = prepare_kept(&sub->upsert_plan, cs_apply_upsert_sql(sub), 3 + sub->shape.nfields);
-	else
-		plan = sub->upsert_plan;
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "citizen_sync: upsert into %s failed", sub->target_name);
-	note_returned(sub, events, results, win, n);
-}
-
-/*
- * Hard deletes win[0..n) (sorted by key): remove the rows and keep the
- * versions in citizen_sync.tombstones, where newer than what is held.
- */
-static void
-run_delete(CsSubscription *sub, const CsEvent *events, CsApplyResult *results,
-		   const int *win, int n)
-{
-	SPIPlanPtr	plan;
-	Datum	   *args;
-
-	if (n == 0)
-		return;
-	args = build_arguments(sub, events, win, n);
-	if (sub->delete_plan == NULL)
-		plan = prepare_kept(&sub->delete_plan, cs_apply_delete_sql(sub), 3);
-	else
-		plan = sub->delete_plan;
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "citizen_sync: delete from %s failed", sub->target_name);
+	args = build_arguments(sub, events, win, n, nfields);
+	if (*slot == NULL)
+		prepare_kept(slot, hard_delete ? cs_apply_delete_sql(sub) : cs_apply_upsert_sql(sub),
+					 3 + nfields);
+	if (SPI_execute_plan(*slot, args, NULL, false, 0) !=
+		(hard_delete ? SPI_OK_SELECT : SPI_OK_INSERT_RETURNING))
+		elog(ERROR, "citizen_sync: applying into %s failed", sub->target_name);
 	note_returned(sub, events, results, win, n);
 }
 
@@ -417,9 +398,9 @@ apply_subscription(CsSubscription *sub, const CsEvent *events,
 		}
 		k = end;
 	}
-	run_upsert(sub, events, results, before_delete, nbefore);
-	run_upsert(sub, events, results, upserts, nup);
-	run_delete(sub, events, results, deletes, ndel);
+	run_statement(sub, false, events, results, before_delete, nbefore);
+	run_statement(sub, false, events, results, upserts, nup);
+	run_statement(sub, true, events, results, deletes, ndel);
 	pfree(upserts);
 	pfree(deletes);
 	pfree(before_delete);

@@ -7,17 +7,20 @@
 ------------------------------------------------------------------------------
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.subscription_catalog', 'WHERE NOT builtin');
 
--- The sync users of 0.1.0 (whoever may write cache.citizen_refs) read the
--- subscriptions from now on: what subscribe() would grant them.
+-- The sync users of 0.1.0 (the roles granted INSERT on cache.citizen_refs)
+-- read the subscriptions from now on: what subscribe() would grant them.
 DO $grant$
 DECLARE
     r name;
 BEGIN
-    FOR r IN SELECT a.rolname FROM pg_catalog.pg_roles a
-              WHERE NOT a.rolsuper
-                AND pg_catalog.has_table_privilege(a.oid, 'cache.citizen_refs', 'INSERT')
-                AND a.oid OPERATOR(pg_catalog.<>) (SELECT c.relowner FROM pg_catalog.pg_class c
-                                                   WHERE c.oid = 'cache.citizen_refs'::pg_catalog.regclass)
+    FOR r IN SELECT DISTINCT a.rolname
+               FROM pg_catalog.pg_class c,
+                    pg_catalog.aclexplode(c.relacl) g
+                    JOIN pg_catalog.pg_roles a ON a.oid OPERATOR(pg_catalog.=) g.grantee
+              WHERE c.oid OPERATOR(pg_catalog.=) 'cache.citizen_refs'::pg_catalog.regclass
+                AND g.privilege_type OPERATOR(pg_catalog.=) 'INSERT'
+                AND g.grantee OPERATOR(pg_catalog.<>) c.relowner
+                AND NOT a.rolsuper
               ORDER BY 1 LOOP
         PERFORM @extschema@.grant_subscription('cache.citizen_refs', r);
     END LOOP;

@@ -14,8 +14,8 @@ DECLARE
     r name;
 BEGIN
     FOR r IN SELECT DISTINCT a.rolname
-               FROM pg_catalog.pg_class c,
-                    pg_catalog.aclexplode(c.relacl) g
+               FROM pg_catalog.pg_class c
+                    CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) g
                     JOIN pg_catalog.pg_roles a ON a.oid OPERATOR(pg_catalog.=) g.grantee
               WHERE c.oid OPERATOR(pg_catalog.=) 'cache.citizen_refs'::pg_catalog.regclass
                 AND g.privilege_type OPERATOR(pg_catalog.=) 'INSERT'

@@ -104,6 +104,15 @@ my %DOCS = (
 	  { run => q{SELECT citizen_sync.create_service_roles('permits')} },
 	"SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY[\x{2026}new list\x{2026}])" =>
 	  { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', ARRAY['name', 'email', 'phone'])} },
+	# README, Generic sync: the example's tables are created by the same block,
+	# after which each statement is analyzed on its own; to_regclass() lets it
+	# parse before they exist
+	q{SELECT citizen_sync.subscribe('cache.employees', 'employee', columns => '{"name": "full_name"}')} =>
+	  { run => q{SELECT citizen_sync.subscribe(pg_catalog.to_regclass('cache.employees'), 'employee', columns => '{"name": "full_name"}')} },
+	q{SELECT citizen_sync.subscribe('cache.role_assignments', 'role_assignment', topic => 'gov.auth.role', delete_mode => 'hard', event_types => '{"role.assigned": "upsert", "role.revoked": "delete"}')} =>
+	  { run => q{SELECT citizen_sync.subscribe(pg_catalog.to_regclass('cache.role_assignments'), 'role_assignment', topic => 'gov.auth.role', delete_mode => 'hard', event_types => '{"role.assigned": "upsert", "role.revoked": "delete"}')} },
+	q{SELECT citizen_sync.unsubscribe('cache.employees')} =>
+	  { run => q{SELECT citizen_sync.unsubscribe(pg_catalog.to_regclass('cache.employees'))} },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

@@ -1,36 +1,41 @@
 /*-------------------------------------------------------------------------
  * cs_apply.c
- *	  Apply a batch of validated citizen events to the cache, set-based.
+ *	  Apply a batch of validated events to the subscribed tables, set-based.
  *
- * A batch costs two prepared statements whatever its size:
+ * A batch costs two prepared statements per subscription whatever its size:
  *
- *	1. record the event ids in cache.processed_events; those already there
- *	   are duplicates (idempotency by event_id);
- *	2. upsert, per citizen, the newest of the new events with a version guard
+ *	1. record the event ids in cache.processed_events (one statement for the
+ *	   whole batch); those already there are duplicates (idempotency by
+ *	   event_id, shared by the subscriptions of a database: one topic feeds
+ *	   one table);
+ *	2. upsert, per key, the newest of the new events with a version guard
  *	   (ON CONFLICT ... WHERE cached.event_version < incoming.event_version):
  *	   the rows the statement returns were applied, the rest were stale.
  *
  * The outcome equals applying the events one by one in stream order: within a
- * batch a citizen's older events are superseded (stale) by its newest one.
- * A delete is an upsert with is_active = false that keeps the cached fields
- * and the delete's version, so a late older update cannot resurrect the
- * citizen; a delete of an unknown citizen leaves a tombstone row.
+ * batch a key's older events are superseded (stale) by its newest one.  A
+ * soft delete is an upsert with is_active = false that keeps the cached
+ * fields and the delete's version, so a late older update cannot resurrect
+ * the row; a delete of an unknown key leaves a tombstone row.  A hard delete
+ * (a third statement, only in batches that have some) removes the row and
+ * keeps its version in citizen_sync.tombstones, which the upsert consults.
  *
- * Plans are prepared once per backend and kept (SPI_keepplan); the plan cache
- * revalidates them after DDL.  The caller owns the transaction and the SPI
- * connection.
+ * The statements are built from the subscription's field description
+ * (cs_apply_sql.c), prepared once and kept until the subscriptions are
+ * reloaded.  The caller owns the transaction and the SPI connection.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
 #include "cs_apply.h"
+#include "cs_subscription.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 static SPIPlanPtr mark_plan = NULL;
-static SPIPlanPtr upsert_plan = NULL;
 
 #define MARK_SQL \
 	"WITH ins AS (" \
@@ -40,40 +45,6 @@ static SPIPlanPtr upsert_plan = NULL;
 	" SELECT u.ord::pg_catalog.int4" \
 	"   FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(id, ord)" \
 	"   JOIN ins ON ins.event_id OPERATOR(pg_catalog.=) u.id"
-
-#define KEEP_IF_DELETE(col) \
-	" " col " = CASE WHEN EXCLUDED.is_active THEN EXCLUDED." col " ELSE c." col " END,"
-
-#define UPSERT_SQL \
-	"INSERT INTO cache.citizen_refs AS c" \
-	" (citizen_id, name, email, phone, address, city, postal_code," \
-	"  email_verified, identity_verified, event_version, is_active," \
-	"  deleted_at, last_synced_at)" \
-	" SELECT u.citizen_id, u.name, u.email, u.phone, u.address, u.city," \
-	"   u.postal_code, u.email_verified, u.identity_verified, u.event_version," \
-	"   u.is_active, CASE WHEN u.is_active THEN NULL ELSE pg_catalog.now() END," \
-	"   pg_catalog.now()" \
-	" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[])," \
-	"   pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])," \
-	"   pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[])," \
-	"   pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])," \
-	"   pg_catalog.unnest($9::pg_catalog.bool[]), pg_catalog.unnest($10::pg_catalog.int8[])," \
-	"   pg_catalog.unnest($11::pg_catalog.bool[]))" \
-	"   AS u(citizen_id, name, email, phone, address, city, postal_code," \
-	"        email_verified, identity_verified, event_version, is_active)" \
-	" ON CONFLICT (citizen_id) DO UPDATE SET" \
-	KEEP_IF_DELETE("name") KEEP_IF_DELETE("email") KEEP_IF_DELETE("phone") \
-	KEEP_IF_DELETE("address") KEEP_IF_DELETE("city") KEEP_IF_DELETE("postal_code") \
-	KEEP_IF_DELETE("email_verified") KEEP_IF_DELETE("identity_verified") \
-	"  event_version = EXCLUDED.event_version," \
-	"  is_active = EXCLUDED.is_active," \
-	"  deleted_at = CASE WHEN EXCLUDED.is_active THEN NULL" \
-	"                    ELSE COALESCE(c.deleted_at, pg_catalog.now()) END," \
-	"  last_synced_at = pg_catalog.now()" \
-	" WHERE c.event_version OPERATOR(pg_catalog.<) EXCLUDED.event_version" \
-	" RETURNING c.citizen_id"
-
-#define UPSERT_NARGS 11
 
 /* Prepare and keep a plan on first use. */
 static SPIPlanPtr
@@ -105,17 +76,19 @@ cmp_by_event_id(const void *a, const void *b, void *arg)
 	return c != 0 ? c : (ia > ib) - (ia < ib);
 }
 
-/* Sort helper: by citizen, then stream position. */
+/* Sort helper: by subscription, key, then stream position. */
 static int
-cmp_by_citizen_stream(const void *a, const void *b, void *arg)
+cmp_by_key_stream(const void *a, const void *b, void *arg)
 {
 	const CsEvent *ev = (const CsEvent *) arg;
 	int			ia = *(const int *) a;
 	int			ib = *(const int *) b;
+	int			c;
 
-	if (ev[ia].citizen_id != ev[ib].citizen_id)
-		return ev[ia].citizen_id < ev[ib].citizen_id ? -1 : 1;
-	return (ia > ib) - (ia < ib);
+	if (ev[ia].sub != ev[ib].sub)
+		return ev[ia].sub < ev[ib].sub ? -1 : 1;
+	c = strcmp(ev[ia].key, ev[ib].key);
+	return c != 0 ? c : (ia > ib) - (ia < ib);
 }
 
 /*
@@ -185,70 +158,62 @@ mark_processed(const CsEvent *events, CsApplyResult *results, int *idx, int n)
 	return kept;
 }
 
-/* Column arrays for the upsert, one element per winning event. */
-typedef struct UpsertColumns
+/* Build a one-dimensional array of n elements of type elemtype. */
+static Datum
+make_array(Datum *elems, bool *nulls, int n, Oid elemtype)
 {
-	Datum		values[UPSERT_NARGS];
-	Datum	   *elems[UPSERT_NARGS];
-	bool	   *nulls[UPSERT_NARGS];
-} UpsertColumns;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int16		len;
+	bool		byval;
+	char		align;
 
-static const Oid upsert_elem_types[UPSERT_NARGS] = {
-	INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	BOOLOID, BOOLOID, INT8OID, BOOLOID
-};
-
-/* Store a nullable C string as element (col, k). */
-static void
-put_text(UpsertColumns *cols, int col, int k, const char *s)
-{
-	cols->nulls[col][k] = (s == NULL);
-	cols->elems[col][k] = s ? CStringGetTextDatum(s) : (Datum) 0;
+	get_typlenbyvalalign(elemtype, &len, &byval, &align);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, elemtype,
+											  len, byval, align));
 }
 
-/* Build the upsert's eleven array arguments from the winners. */
-static void
-build_upsert_columns(const CsEvent *events, const int *win, int n,
-					 UpsertColumns *cols)
+/*
+ * The apply statements' arguments, one element per event win[k]: $1 the
+ * keys, $2 the versions, $3 is_active (false for a delete), then one text
+ * array for each of the subscription's first nfields fields.
+ */
+static Datum *
+build_arguments(const CsSubscription *sub, const CsEvent *events,
+				const int *win, int n, int nfields)
 {
-	for (int c = 0; c < UPSERT_NARGS; c++)
-	{
-		cols->elems[c] = palloc(sizeof(Datum) * n);
-		cols->nulls[c] = palloc0(sizeof(bool) * n);
-	}
+	int			nargs = 3 + nfields;
+	Datum	   *args = palloc(sizeof(Datum) * nargs);
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	bool	   *nulls = palloc0(sizeof(bool) * n);
+
 	for (int k = 0; k < n; k++)
+		elems[k] = CStringGetTextDatum(events[win[k]].key);
+	args[0] = make_array(elems, nulls, n, TEXTOID);
+	for (int k = 0; k < n; k++)
+		elems[k] = Int64GetDatum(events[win[k]].version);
+	args[1] = make_array(elems, nulls, n, INT8OID);
+	for (int k = 0; k < n; k++)
+		elems[k] = BoolGetDatum(events[win[k]].type != CS_EVENT_DELETE);
+	args[2] = make_array(elems, nulls, n, BOOLOID);
+	for (int f = 0; f < nfields; f++)
 	{
-		const CsEvent *ev = &events[win[k]];
+		for (int k = 0; k < n; k++)
+		{
+			const CsEvent *ev = &events[win[k]];
+			const char *v = ev->values ? ev->values[f] : NULL;
 
-		cols->elems[0][k] = Int64GetDatum(ev->citizen_id);
-		put_text(cols, 1, k, ev->name);
-		put_text(cols, 2, k, ev->email);
-		put_text(cols, 3, k, ev->phone);
-		put_text(cols, 4, k, ev->address);
-		put_text(cols, 5, k, ev->city);
-		put_text(cols, 6, k, ev->postal_code);
-		cols->elems[7][k] = BoolGetDatum(ev->email_verified);
-		cols->elems[8][k] = BoolGetDatum(ev->identity_verified);
-		cols->elems[9][k] = Int64GetDatum(ev->version);
-		cols->elems[10][k] = BoolGetDatum(ev->type != CS_EVENT_DELETED);
+			nulls[k] = (v == NULL);
+			elems[k] = v ? CStringGetTextDatum(v) : (Datum) 0;
+		}
+		args[3 + f] = make_array(elems, nulls, n, TEXTOID);
 	}
-	for (int c = 0; c < UPSERT_NARGS; c++)
-	{
-		int			dims[1] = {n};
-		int			lbs[1] = {1};
-		Oid			t = upsert_elem_types[c];
-
-		cols->values[c] = PointerGetDatum(
-			construct_md_array(cols->elems[c], cols->nulls[c], 1, dims, lbs, t,
-							   t == TEXTOID ? -1 : (t == BOOLOID ? 1 : 8),
-							   t != TEXTOID, t == TEXTOID ? TYPALIGN_INT
-							   : (t == BOOLOID ? TYPALIGN_CHAR : TYPALIGN_DOUBLE)));
-	}
+	return args;
 }
 
-/* Binary search for a citizen among the winners (sorted by citizen_id). */
+/* Binary search for a key among the winners (sorted by key). */
 static int
-find_winner(const CsEvent *events, const int *win, int n, int64 citizen_id)
+find_winner(const CsEvent *events, const int *win, int n, const char *key)
 {
 	int			lo = 0,
 				hi = n - 1;
@@ -256,11 +221,11 @@ find_winner(const CsEvent *events, const int *win, int n, int64 citizen_id)
 	while (lo <= hi)
 	{
 		int			mid = lo + (hi - lo) / 2;
-		int64		c = events[win[mid]].citizen_id;
+		int			c = strcmp(events[win[mid]].key, key);
 
-		if (c == citizen_id)
+		if (c == 0)
 			return mid;
-		if (c < citizen_id)
+		if (c < 0)
 			lo = mid + 1;
 		else
 			hi = mid - 1;
@@ -269,82 +234,196 @@ find_winner(const CsEvent *events, const int *win, int n, int64 citizen_id)
 }
 
 /*
- * Upsert one event per citizen (win[0..n), sorted by citizen_id); the rows
- * the version guard lets through become APPLIED or DELETED.
+ * The keys a statement returned were applied (or deleted); the winners
+ * win[0..n) are sorted by key.
  */
 static void
-run_upsert(const CsEvent *events, CsApplyResult *results, const int *win, int n)
+note_returned(const CsSubscription *sub, const CsEvent *events,
+			  CsApplyResult *results, const int *win, int n)
 {
-	static Oid	argtypes[UPSERT_NARGS] = {
-		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT8ARRAYOID,
-	BOOLARRAYOID};
-	UpsertColumns cols;
-	SPIPlanPtr	plan;
-
-	if (n == 0)
-		return;
-	build_upsert_columns(events, win, n, &cols);
-	plan = prepare_once(&upsert_plan, UPSERT_SQL, UPSERT_NARGS, argtypes);
-	if (SPI_execute_plan(plan, cols.values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "citizen_sync: cache upsert failed");
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		bool		isnull;
-		int64		cid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-		int			w = find_winner(events, win, n, cid);
+		char	   *key = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		int			w = key ? find_winner(events, win, n, key) : -1;
 
 		if (w < 0)
-			elog(ERROR, "citizen_sync: upsert returned unknown citizen " INT64_FORMAT, cid);
-		results[win[w]] = events[win[w]].type == CS_EVENT_DELETED
+			elog(ERROR, "citizen_sync: apply into %s returned unknown key \"%s\"",
+				 sub->target_name, key ? key : "(null)");
+		results[win[w]] = events[win[w]].type == CS_EVENT_DELETE
 			? CS_RESULT_DELETED : CS_RESULT_APPLIED;
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
 
+/* Prepare a statement of the subscription and keep it (freed on reload). */
+static void
+prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs)
+{
+	Oid		   *argtypes = palloc(sizeof(Oid) * nargs);
+
+	argtypes[0] = TEXTARRAYOID;
+	argtypes[1] = INT8ARRAYOID;
+	argtypes[2] = BOOLARRAYOID;
+	for (int i = 3; i < nargs; i++)
+		argtypes[i] = TEXTARRAYOID;
+	(void) prepare_once(slot, sql, nargs, argtypes);
+}
+
 /*
- * Apply the new events idx[0..n) citizen by citizen, with the outcome of
- * applying them one by one in stream order.  Only a citizen's "record"
- * events can take effect: those with a version above every earlier event of
- * the batch.  The last record (the newest version) is the winner.  When the
- * winner is a delete, which keeps the cached fields, the last create/update
- * record before it is applied first (one more statement, only for such
- * batches).  The version guard decides against the cached version.  Every
- * other event stays STALE.
+ * Run one of the subscription's statements for the winners win[0..n)
+ * (sorted by key): the upsert of one event per key, whose rows the version
+ * guard lets through become APPLIED or DELETED (soft); or, for hard
+ * deletes, the removal of the rows with their versions kept in
+ * citizen_sync.tombstones, where newer than what is held.
  */
 static void
-upsert_newest(const CsEvent *events, CsApplyResult *results, int *idx, int n)
+run_statement(CsSubscription *sub, bool hard_delete, const CsEvent *events,
+			  CsApplyResult *results, const int *win, int n)
 {
+	SPIPlanPtr *slot = hard_delete ? &sub->delete_plan : &sub->upsert_plan;
+	int			nfields = hard_delete ? 0 : sub->shape.nfields;
+	Datum	   *args;
+
+	if (n == 0)
+		return;
+	args = build_arguments(sub, events, win, n, nfields);
+	if (*slot == NULL)
+		prepare_kept(slot, hard_delete ? cs_apply_delete_sql(sub) : cs_apply_upsert_sql(sub),
+					 3 + nfields);
+	if (SPI_execute_plan(*slot, args, NULL, false, 0) !=
+		(hard_delete ? SPI_OK_SELECT : SPI_OK_INSERT_RETURNING))
+		elog(ERROR, "citizen_sync: applying into %s failed", sub->target_name);
+	note_returned(sub, events, results, win, n);
+}
+
+/*
+ * Convert value with the input function of field f's column type; raise an
+ * error naming the column when it does not convert.
+ */
+static void
+check_value(const CsSubscription *sub, int f, const char *value)
+{
+	Oid			typinput,
+				typioparam;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	getTypeInputInfo(sub->typids[f], &typinput, &typioparam);
+	PG_TRY();
+	{
+		(void) OidInputFunctionCall(typinput, (char *) value, typioparam,
+									sub->typmods[f]);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("column %s of %s: %s", sub->columns[f], sub->target_name,
+						edata->message),
+				 edata->detail ? errdetail("%s", edata->detail) : 0,
+				 errhint("Field \"%s\" of the snapshot does not convert to the column's type %s; fix the table or the source, then retry the dead letter.",
+						 sub->shape.scan.snapshot[1 + f].path, sub->types[f])));
+	}
+	PG_END_TRY();
+}
+
+/*
+ * One event alone (isolating a failed batch): convert each value with its
+ * column type's input function first, so that a value that does not
+ * convert fails with an error naming the column.
+ */
+static void
+check_values(const CsSubscription *sub, const CsEvent *ev)
+{
+	if (ev->values == NULL)
+		return;
+	for (int f = 0; f < sub->shape.nfields; f++)
+		if (ev->values[f] != NULL)
+			check_value(sub, f, ev->values[f]);
+}
+
+/*
+ * Apply one subscription's new events idx[0..n) key by key, with the
+ * outcome of applying them one by one in stream order.  Only a key's
+ * "record" events can take effect: those with a version above every earlier
+ * event of the batch.  The last record (the newest version) is the winner.
+ * In soft mode, when the winner is a delete, which keeps the cached fields,
+ * the last upsert record before it is applied first (one more statement,
+ * only for such batches).  The version guard decides against the cached
+ * version (and, in hard mode, the tombstones).  Every other event stays
+ * STALE.
+ */
+static void
+apply_subscription(CsSubscription *sub, const CsEvent *events,
+				   CsApplyResult *results, const int *idx, int n)
+{
+	int		   *upserts = palloc(sizeof(int) * n);
+	int		   *deletes = palloc(sizeof(int) * n);
 	int		   *before_delete = palloc(sizeof(int) * n);
-	int			nwin = 0,
+	int			nup = 0,
+				ndel = 0,
 				nbefore = 0;
 
-	qsort_arg(idx, n, sizeof(int), cmp_by_citizen_stream, (void *) events);
+	if (n == 1)
+		check_values(sub, &events[idx[0]]);
 	for (int k = 0; k < n;)
 	{
 		int			winner = idx[k];
 		int			last_update = -1;
 		int			end = k;
 
-		for (; end < n && events[idx[end]].citizen_id == events[winner].citizen_id; end++)
+		for (; end < n && strcmp(events[idx[end]].key, events[winner].key) == 0; end++)
 		{
 			const CsEvent *ev = &events[idx[end]];
 
 			if (end > k && ev->version <= events[winner].version)
 				continue;		/* not a record: stale whatever the cache holds */
-			if (events[winner].type != CS_EVENT_DELETED && end > k)
+			if (events[winner].type != CS_EVENT_DELETE && end > k)
 				last_update = winner;
 			winner = idx[end];
 		}
-		if (events[winner].type == CS_EVENT_DELETED && last_update >= 0)
-			before_delete[nbefore++] = last_update;
-		idx[nwin++] = winner;
+		if (events[winner].type != CS_EVENT_DELETE)
+			upserts[nup++] = winner;
+		else if (sub->hard_delete)
+			deletes[ndel++] = winner;
+		else
+		{
+			if (last_update >= 0)
+				before_delete[nbefore++] = last_update;
+			upserts[nup++] = winner;
+		}
 		k = end;
 	}
-	run_upsert(events, results, before_delete, nbefore);
-	run_upsert(events, results, idx, nwin);
+	run_statement(sub, false, events, results, before_delete, nbefore);
+	run_statement(sub, false, events, results, upserts, nup);
+	run_statement(sub, true, events, results, deletes, ndel);
+	pfree(upserts);
+	pfree(deletes);
 	pfree(before_delete);
+}
+
+/*
+ * The new events idx[0..n), subscription by subscription (each run of idx
+ * sorted by key).
+ */
+static void
+apply_new(const CsEvent *events, CsApplyResult *results, int *idx, int n)
+{
+	qsort_arg(idx, n, sizeof(int), cmp_by_key_stream, (void *) events);
+	for (int k = 0; k < n;)
+	{
+		int			end = k;
+
+		while (end < n && events[idx[end]].sub == events[idx[k]].sub)
+			end++;
+		apply_subscription(cs_subscription_get(events[idx[k]].sub), events,
+						   results, idx + k, end - k);
+		k = end;
+	}
 }
 
 void
@@ -360,7 +439,7 @@ cs_apply_batch(const CsEvent *events, int nevents, CsApplyResult *results)
 	if (n > 0)
 		n = mark_processed(events, results, idx, n);
 	if (n > 0)
-		upsert_newest(events, results, idx, n);
+		apply_new(events, results, idx, n);
 	pfree(idx);
 }
 

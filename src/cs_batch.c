@@ -22,6 +22,7 @@
 #include "cs_batch.h"
 #include "cs_dead_letter.h"
 #include "cs_offsets.h"
+#include "cs_subscription.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -150,7 +151,11 @@ apply_in_subxact(const CsEvent *events, int n, CsApplyResult *results)
 	return edata;
 }
 
-/* Parse every message; invalid ones are dead-lettered right away. */
+/*
+ * Parse every message with the shape of its topic's subscription; invalid
+ * ones are dead-lettered right away, those of a topic no longer subscribed
+ * are ignored (their offsets are stored all the same).
+ */
 static void
 parse_messages(const CsMessage *msgs, int n, CsEvent *events,
 			   CsApplyResult *results, CsBatchOutcome *outcome)
@@ -158,17 +163,29 @@ parse_messages(const CsMessage *msgs, int n, CsEvent *events,
 	for (int i = 0; i < n; i++)
 	{
 		CsEventError err;
+		int			sub = cs_subscription_for_topic(msgs[i].topic);
+		const CsEventShape *shape;
 
 		results[i] = CS_RESULT_APPLIED;
-		/* a null value (tombstone) is refused by the parser as such */
-		if (!cs_event_parse(msgs[i].payload, msgs[i].len, &events[i], &err))
+		events[i].sub = sub;
+		if (sub < 0)
 		{
+			events[i].type = CS_EVENT_UNKNOWN;
+			continue;
+		}
+		shape = &cs_subscription_get(sub)->shape;
+		/* a null value (tombstone) is refused by the parser as such */
+		if (!cs_event_parse(msgs[i].payload, msgs[i].len, shape, &events[i], &err))
+		{
+			char	   *what = psprintf("invalid %s event", shape->aggregate_type);
+
 			results[i] = CS_RESULT_INVALID;
 			cs_dead_letter_store(&msgs[i], events[i].event_id,
-								 err.sqlstate, "invalid citizen event", err.detail);
-			log_dead_letter(&msgs[i], &events[i], err.sqlstate, "invalid citizen event");
+								 err.sqlstate, what, err.detail);
+			log_dead_letter(&msgs[i], &events[i], err.sqlstate, what);
 			outcome->dead_lettered++;
 		}
+		events[i].sub = sub;
 	}
 }
 
@@ -240,6 +257,64 @@ tally(const CsEvent *events, const CsApplyResult *results, int n,
 	}
 }
 
+/* One subscription's outcome counters, updated once per batch. */
+#define STATS_SQL \
+	"UPDATE citizen_sync.subscription_stats SET" \
+	" applied = applied OPERATOR(pg_catalog.+) $2, deleted = deleted OPERATOR(pg_catalog.+) $3," \
+	" stale = stale OPERATOR(pg_catalog.+) $4, duplicate = duplicate OPERATOR(pg_catalog.+) $5," \
+	" ignored = ignored OPERATOR(pg_catalog.+) $6," \
+	" dead_lettered = dead_lettered OPERATOR(pg_catalog.+) $7, last_batch_at = pg_catalog.now()" \
+	" WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass"
+
+/*
+ * Count the batch's outcomes per subscription in citizen_sync.
+ * subscription_stats, in the batch's transaction.
+ *
+ * This is also where a committed batch's changes are known per target: the
+ * events with result APPLIED or DELETED of subscription s changed the keys
+ * events[i].key of cs_subscription_get(s)->target (for read-your-writes and
+ * change notifications, to be built here).
+ */
+static void
+store_subscription_stats(const CsEvent *events, const CsApplyResult *results, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	int			nsubs = cs_subscription_count();
+	int64	   *counts = palloc0(sizeof(int64) * CS_RESULT_COUNT * Max(nsubs, 1));
+	Oid			argtypes[7] = {OIDOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+
+	for (int i = 0; i < n; i++)
+		if (events[i].sub >= 0)
+			counts[events[i].sub * CS_RESULT_COUNT + results[i]]++;
+	if (plan == NULL)
+	{
+		plan = SPI_prepare(STATS_SQL, 7, argtypes);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "citizen_sync: preparing the subscription statistics failed");
+	}
+	for (int s = 0; s < nsubs; s++)
+	{
+		int64	   *c = &counts[s * CS_RESULT_COUNT];
+		Datum		args[7];
+		bool		any = false;
+
+		for (int r = 0; r < CS_RESULT_COUNT; r++)
+			any |= c[r] > 0;
+		if (!any)
+			continue;
+		args[0] = ObjectIdGetDatum(cs_subscription_get(s)->target);
+		args[1] = Int64GetDatum(c[CS_RESULT_APPLIED]);
+		args[2] = Int64GetDatum(c[CS_RESULT_DELETED]);
+		args[3] = Int64GetDatum(c[CS_RESULT_STALE]);
+		args[4] = Int64GetDatum(c[CS_RESULT_DUPLICATE]);
+		args[5] = Int64GetDatum(c[CS_RESULT_IGNORED]);
+		args[6] = Int64GetDatum(c[CS_RESULT_INVALID]);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "citizen_sync: updating the subscription statistics failed");
+	}
+	pfree(counts);
+}
+
 void
 cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 			   CsBatchOutcome *outcome)
@@ -262,6 +337,7 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
+	cs_subscriptions_refresh();
 	parse_messages(msgs, n, events, results, outcome);
 	edata = apply_in_subxact(events, n, results);
 	if (edata != NULL)
@@ -276,6 +352,7 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	pos.events = events;
 	pos.n = n;
 	tally(events, results, n, outcome);
+	store_subscription_stats(events, results, n);
 	cs_offsets_store(group_id, msgs, n);
 
 	error_context_stack = errcallback.previous;

@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  * cs_consumer.c
- *	  The consumer worker: Kafka to cache.citizen_refs, in-process.
+ *	  The consumer worker: Kafka to the subscribed cache tables, in-process.
  *
  * One process per entry of citizen_sync.databases, connected to that
- * database as the entry's role.  Loop: wait on the latch and the consumer
+ * database as the entry's role, subscribed to every topic of the database's
+ * subscriptions (re-read at most once a second, cs_subscription.c).  Loop:
+ * wait on the latch and the consumer
  * queue; drain events (messages, rebalances, errors, logs) from this thread
  * only; when a batch is full or old enough, apply it in one transaction that
  * also stores the partitions' next offsets (cs_batch.c), then commit the
@@ -37,6 +39,7 @@
 #include "cs_offsets.h"
 #include "cs_probe.h"
 #include "cs_shmem.h"
+#include "cs_subscription.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -73,6 +76,8 @@ typedef struct Consumer
 	uint64_t	probe_request;	/* the probe that may end kafka_trouble; 0: none yet */
 	TimestampTz next_probe_at;
 	TimestampTz next_housekeeping_at;
+	char	   *topics;			/* subscribed topics, comma-separated, sorted */
+	TimestampTz next_topics_check_at;
 } Consumer;
 
 /*
@@ -154,16 +159,73 @@ static const char *const consumer_defaults[] = {
 	NULL
 };
 
-/* Create the librdkafka consumer, subscribed to citizen_sync.topics. */
+static void
+read_topics_step(void *arg)
+{
+	char	  **topics = (char **) arg;
+
+	cs_tx_begin("citizen_sync: reading the subscriptions");
+	cs_subscriptions_refresh();
+	*topics = MemoryContextStrdup(TopMemoryContext, cs_subscription_topics());
+	cs_tx_commit();
+}
+
+/*
+ * Subscribe the Kafka consumer to every topic subscribed in this database
+ * (citizen_sync.subscriptions), when that set changed since the last call.
+ * Checked at most once a second (a short transaction, which also takes in
+ * the invalidations subscribe() and unsubscribe() send): a subscription
+ * takes effect without a restart.  Events of a topic dropped meanwhile are
+ * counted as ignored.
+ */
+static void
+maybe_resubscribe(Consumer *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *topics = NULL;
+	rd_kafka_topic_partition_list_t *sub;
+	rd_kafka_resp_err_t err;
+
+	if (now < c->next_topics_check_at)
+		return;
+	c->next_topics_check_at = TimestampTzPlusMilliseconds(now, 1000);
+	if (!cs_worker_try(c->slot, read_topics_step, &topics) || topics == NULL)
+		return;
+	if (c->topics != NULL && strcmp(c->topics, topics) == 0)
+	{
+		pfree(topics);
+		return;
+	}
+	sub = rd_kafka_topic_partition_list_new(8);
+	for (char *t = strtok(pstrdup(topics), ","); t != NULL; t = strtok(NULL, ","))
+		rd_kafka_topic_partition_list_add(sub, t, RD_KAFKA_PARTITION_UA);
+	err = sub->cnt > 0 ? rd_kafka_subscribe(c->rk, sub) : rd_kafka_unsubscribe(c->rk);
+	rd_kafka_topic_partition_list_destroy(sub);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		ereport(WARNING,
+				(errmsg("citizen_sync: consumer for database \"%s\" could not subscribe to \"%s\": %s",
+						c->database, topics, rd_kafka_err2str(err)),
+				 errhint("The consumer tries again in a second.")));
+		pfree(topics);
+		return;
+	}
+	ereport(LOG,
+			(errmsg("citizen_sync: consumer for database \"%s\" subscribed to %s%s%s",
+					c->database, topics[0] ? "topics \"" : "no topic",
+					topics, topics[0] ? "\"" : "")));
+	if (c->topics)
+		pfree(c->topics);
+	c->topics = topics;
+}
+
+/* Create the librdkafka consumer and subscribe it (maybe_resubscribe()). */
 static void
 kafka_start(Consumer *c)
 {
 	char		client_id[300];
 	char		errstr[512];
-	char		topics[CS_MAX_TOPICS][250];
-	int			ntopics;
 	rd_kafka_conf_t *conf;
-	rd_kafka_topic_partition_list_t *sub;
 
 	snprintf(client_id, sizeof(client_id), "citizen_sync-%s", c->database);
 	conf = cs_kafka_conf_new(client_id, consumer_defaults);
@@ -193,16 +255,8 @@ kafka_start(Consumer *c)
 				(errmsg("citizen_sync: could not start the consumer's watermark thread"),
 				 errdetail("After a Kafka error, the cache is not reported fresh again until the consumer restarts.")));
 
-	ntopics = cs_parse_topics(cs_topics, topics, CS_MAX_TOPICS, errstr, sizeof(errstr));
-	sub = rd_kafka_topic_partition_list_new(Max(ntopics, 1));
-	for (int i = 0; i < ntopics; i++)
-		rd_kafka_topic_partition_list_add(sub, topics[i], RD_KAFKA_PARTITION_UA);
-	if (rd_kafka_subscribe(c->rk, sub) != RD_KAFKA_RESP_ERR_NO_ERROR)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("citizen_sync: consumer for database \"%s\": could not subscribe to \"%s\"",
-						c->database, cs_topics)));
-	rd_kafka_topic_partition_list_destroy(sub);
+	c->next_topics_check_at = 0;
+	maybe_resubscribe(c);
 }
 
 /*
@@ -731,6 +785,8 @@ consume_loop(Consumer *c)
 			flush_batch(c);
 		note_caught_up(c);
 		maybe_housekeeping(c);
+		if (c->nmsgs == 0)
+			maybe_resubscribe(c);
 	}
 }
 

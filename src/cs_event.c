@@ -1,6 +1,7 @@
 /*-------------------------------------------------------------------------
  * cs_event.c
- *	  Parse and validate one citizen event with json-c.
+ *	  Parse and validate one event with json-c, against the shape of the
+ *	  subscription it is for (its event names, key and snapshot fields).
  *
  * Contract (see cs_event.h): never raises, allocates the parsed strings with
  * palloc in the caller's context and releases every json-c object before
@@ -19,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <json-c/json.h>
 
 #include "cs_event.h"
@@ -146,24 +148,6 @@ get_int64(json_object *obj, const char *key, const char *path, int64 min_value,
 	return true;
 }
 
-/* Read an optional JSON boolean member (absent or null: false). */
-static bool
-get_bool(json_object *obj, const char *key, const char *path, bool *out,
-		 CsEventError *err)
-{
-	json_object *val = member(obj, key, NULL);
-
-	*out = false;
-	if (val == NULL)
-		return true;
-	if (!json_object_is_type(val, json_type_boolean))
-		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
-					"Field \"%s\" must be a boolean, not %s.", path,
-					json_type_label(val));
-	*out = json_object_get_boolean(val);
-	return true;
-}
-
 /* Read a required JSON object member. */
 static bool
 get_object(json_object *obj, const char *key, const char *path,
@@ -182,28 +166,26 @@ get_object(json_object *obj, const char *key, const char *path,
 	return true;
 }
 
-static CsEventType
-event_type_from_name(const char *name)
+CsEventType
+cs_event_type_of(const CsEventShape *shape, const char *name)
 {
-	if (strcmp(name, "citizen.created") == 0)
-		return CS_EVENT_CREATED;
-	if (strcmp(name, "citizen.updated") == 0)
-		return CS_EVENT_UPDATED;
-	if (strcmp(name, "citizen.deleted") == 0)
-		return CS_EVENT_DELETED;
+	for (int i = 0; i < shape->nnames; i++)
+		if (strcmp(shape->names[i].name, name) == 0)
+			return shape->names[i].type;
 	return CS_EVENT_UNKNOWN;
 }
 
 /* The header: event_type, event_id, event_version, event_timestamp. */
 static bool
-parse_header(json_object *root, CsEvent *ev, CsEventError *err)
+parse_header(json_object *root, const CsEventShape *shape, CsEvent *ev,
+			 CsEventError *err)
 {
 	char	   *ts = NULL;
 
 	if (!get_string(root, "event_type", "event_type", true, 200,
 					&ev->type_name, err))
 		return false;
-	ev->type = event_type_from_name(ev->type_name);
+	ev->type = cs_event_type_of(shape, ev->type_name);
 	if (!get_string(root, "event_id", "event_id", true, CS_MAX_EVENT_ID_CHARS,
 					&ev->event_id, err))
 		return false;
@@ -223,35 +205,148 @@ parse_header(json_object *root, CsEvent *ev, CsEventError *err)
 	return true;
 }
 
-/* The snapshot's fields, checked against data.citizen_id. */
+/* s is a UUID in its canonical form (hex digits, hyphens at 8-4-4-4-12). */
 static bool
-parse_snapshot(json_object *snap, CsEvent *ev, CsEventError *err)
+is_uuid(const char *s)
 {
-	int64		snap_id;
-	bool		ok;
+	for (int i = 0; i < 36; i++)
+	{
+		bool		hyphen = (i == 8 || i == 13 || i == 18 || i == 23);
 
-	if (!get_int64(snap, "id", "data.snapshot.id", 1, &snap_id, err))
-		return false;
-	if (snap_id != ev->citizen_id)
-		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, "data.snapshot.id",
-					"Field \"data.snapshot.id\" (" INT64_FORMAT ") does not match \"data.citizen_id\" (" INT64_FORMAT ").",
-					snap_id, ev->citizen_id);
-	ok = get_string(snap, "name", "data.snapshot.name", true, CS_MAX_NAME_CHARS, &ev->name, err) &&
-		get_string(snap, "email", "data.snapshot.email", true, CS_MAX_EMAIL_CHARS, &ev->email, err) &&
-		get_string(snap, "phone", "data.snapshot.phone", false, CS_MAX_PHONE_CHARS, &ev->phone, err) &&
-		get_string(snap, "address", "data.snapshot.address", false, CS_MAX_ADDRESS_CHARS, &ev->address, err) &&
-		get_string(snap, "city", "data.snapshot.city", false, CS_MAX_CITY_CHARS, &ev->city, err) &&
-		get_string(snap, "postal_code", "data.snapshot.postal_code", false, CS_MAX_POSTAL_CHARS, &ev->postal_code, err) &&
-		get_bool(snap, "email_verified", "data.snapshot.email_verified", &ev->email_verified, err) &&
-		get_bool(snap, "identity_verified", "data.snapshot.identity_verified", &ev->identity_verified, err);
-	if (ok)
-		ev->has_snapshot = true;
-	return ok;
+		if (hyphen ? s[i] != '-' : !isxdigit((unsigned char) s[i]))
+			return false;
+	}
+	return s[36] == '\0';
 }
 
-/* data.citizen_id and, for created/updated, data.snapshot. */
+/*
+ * The key in obj's member key (path for messages) as its text form: the
+ * decimal of a JSON integer >= 1, a string not empty, or a UUID in lower
+ * case, as the shape's key kind says.
+ */
 static bool
-parse_data(json_object *root, CsEvent *ev, CsEventError *err)
+get_key(json_object *obj, const char *key, const char *path,
+		const CsEventShape *shape, char **out, CsEventError *err)
+{
+	int64		id;
+
+	if (shape->key_kind == CS_KEY_BIGINT)
+	{
+		if (!get_int64(obj, key, path, 1, &id, err))
+			return false;
+		*out = palloc(24);
+		snprintf(*out, 24, INT64_FORMAT, id);
+		return true;
+	}
+	if (!get_string(obj, key, path, true, CS_MAX_EVENT_ID_CHARS, out, err))
+		return false;
+	if (shape->key_kind == CS_KEY_UUID)
+	{
+		if (!is_uuid(*out))
+			return fail(err, ERRCODE_INVALID_TEXT_REPRESENTATION, path,
+						"Field \"%s\" must be a UUID such as \"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\".",
+						path);
+		for (char *c = *out; *c; c++)
+			*c = pg_ascii_tolower((unsigned char) *c);
+	}
+	return true;
+}
+
+/* The snapshot's "id", when present, must be the event's key. */
+static bool
+check_snapshot_id(json_object *snap, const CsEventShape *shape, CsEvent *ev,
+				  CsEventError *err)
+{
+	const char *path = shape->scan.snapshot[0].path;
+	char	   *snap_id;
+
+	if (member(snap, "id", NULL) == NULL)
+		return true;
+	if (!get_key(snap, "id", path, shape, &snap_id, err))
+		return false;
+	if (strcmp(snap_id, ev->key) != 0)
+		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+					"Field \"%s\" (%s) does not match \"%s\" (%s).",
+					path, snap_id, shape->scan.id.path, ev->key);
+	return true;
+}
+
+/* The text of one JSON value val for a field of the given kind. */
+static bool
+field_text(json_object *val, const CsFieldSpec *spec, const char *path,
+		   char **out, CsEventError *err)
+{
+	json_type	t = json_object_get_type(val);
+
+	switch (spec->kind)
+	{
+		case CS_FIELD_BOOL:
+			if (t != json_type_boolean)
+				return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+							"Field \"%s\" must be a boolean, not %s.", path,
+							json_type_label(val));
+			break;
+		case CS_FIELD_NUMBER:
+			if (t != json_type_int && t != json_type_double && t != json_type_string)
+				return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+							"Field \"%s\" must be a number, not %s.", path,
+							json_type_label(val));
+			break;
+		case CS_FIELD_JSON:
+			{
+				const char *json = json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN);
+
+				*out = pnstrdup(json, strlen(json));
+				return true;
+			}
+		case CS_FIELD_SCALAR:
+			if (t == json_type_object || t == json_type_array)
+				return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, path,
+							"Field \"%s\" must be a string, number or boolean, not %s.",
+							path, json_type_label(val));
+			break;
+		case CS_FIELD_STRING:
+			break;
+	}
+	*out = pnstrdup(json_object_get_string(val), strlen(json_object_get_string(val)));
+	return true;
+}
+
+/* One snapshot field into *out (NULL when absent or null and not required). */
+static bool
+get_field(json_object *snap, const CsScanField *name, const CsFieldSpec *spec,
+		  char **out, CsEventError *err)
+{
+	json_object *val = member(snap, name->name, NULL);
+
+	*out = NULL;
+	if (spec->kind == CS_FIELD_STRING || val == NULL)
+		return get_string(snap, name->name, name->path, spec->required,
+						  spec->max_chars > 0 ? spec->max_chars : PG_INT32_MAX, out, err);
+	return field_text(val, spec, name->path, out, err);
+}
+
+/* The snapshot's fields, checked against the event's key. */
+static bool
+parse_snapshot(json_object *snap, const CsEventShape *shape, CsEvent *ev,
+			   CsEventError *err)
+{
+	if (!check_snapshot_id(snap, shape, ev, err))
+		return false;
+	ev->values = palloc(sizeof(char *) * Max(shape->nfields, 1));
+	memset(ev->values, 0, sizeof(char *) * Max(shape->nfields, 1));
+	for (int i = 0; i < shape->nfields; i++)
+		if (!get_field(snap, &shape->scan.snapshot[1 + i], &shape->fields[i],
+					   &ev->values[i], err))
+			return false;
+	ev->has_snapshot = true;
+	return true;
+}
+
+/* data.<aggregate_type>_id and, for upserts, data.snapshot. */
+static bool
+parse_data(json_object *root, const CsEventShape *shape, CsEvent *ev,
+		   CsEventError *err)
 {
 	json_object *data;
 	json_object *snap;
@@ -259,29 +354,16 @@ parse_data(json_object *root, CsEvent *ev, CsEventError *err)
 
 	if (!get_object(root, "data", "data", &data, err))
 		return false;
-	if (!get_int64(data, "citizen_id", "data.citizen_id", 1, &ev->citizen_id, err))
+	if (!get_key(data, shape->scan.id.name, shape->scan.id.path, shape, &ev->key, err))
 		return false;
 	snap = member(data, "snapshot", &present);
-	if (ev->type == CS_EVENT_DELETED && !present)
+	if (ev->type == CS_EVENT_DELETE && !present)
 		return true;			/* a delete may omit the snapshot */
 	if (!get_object(data, "snapshot", "data.snapshot", &snap, err))
 		return false;
-	if (ev->type == CS_EVENT_DELETED)
-	{
-		int64		snap_id;
-
-		/* Only the id of a delete's snapshot matters; it must agree. */
-		if (member(snap, "id", NULL) == NULL)
-			return true;
-		if (!get_int64(snap, "id", "data.snapshot.id", 1, &snap_id, err))
-			return false;
-		if (snap_id != ev->citizen_id)
-			return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, "data.snapshot.id",
-						"Field \"data.snapshot.id\" (" INT64_FORMAT ") does not match \"data.citizen_id\" (" INT64_FORMAT ").",
-						snap_id, ev->citizen_id);
-		return true;
-	}
-	return parse_snapshot(snap, ev, err);
+	if (ev->type == CS_EVENT_DELETE)
+		return check_snapshot_id(snap, shape, ev, err); /* only the id matters */
+	return parse_snapshot(snap, shape, ev, err);
 }
 
 /*
@@ -421,8 +503,8 @@ scan_error(const CsEventScan *scan, CsEventError *err)
 
 /* The parsed JSON value root (of the scanned text) into *ev. */
 static bool
-parse_root(json_object *root, const CsEventScan *scan, CsEvent *ev,
-		   CsEventError *err)
+parse_root(json_object *root, const CsEventScan *scan, const CsEventShape *shape,
+		   CsEvent *ev, CsEventError *err)
 {
 	if (scan->duplicate != NULL)
 		return fail(err, ERRCODE_DUPLICATE_JSON_OBJECT_KEY_VALUE, scan->duplicate,
@@ -431,12 +513,13 @@ parse_root(json_object *root, const CsEventScan *scan, CsEvent *ev,
 	if (!json_object_is_type(root, json_type_object))
 		return fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
 					"The event must be a JSON object, not %s.", json_type_label(root));
-	return parse_header(root, ev, err) &&
-		(ev->type == CS_EVENT_UNKNOWN || parse_data(root, ev, err));
+	return parse_header(root, shape, ev, err) &&
+		(ev->type == CS_EVENT_UNKNOWN || parse_data(root, shape, ev, err));
 }
 
 bool
-cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
+cs_event_parse(const char *raw, size_t len, const CsEventShape *shape,
+			   CsEvent *ev, CsEventError *err)
 {
 	CsEventScan scan;
 	char	   *text;
@@ -448,11 +531,11 @@ cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
 	if (!check_bytes(raw, len, err))
 		return false;
 	text = palloc(len + 1);
-	if (!cs_event_scan(raw, len, text, &scan))
+	if (!cs_event_scan(raw, len, &shape->scan, text, &scan))
 		scan_error(&scan, err);
 	else if ((root = tokenize(text, len, err)) != NULL)
 	{
-		ok = parse_root(root, &scan, ev, err);
+		ok = parse_root(root, &scan, shape, ev, err);
 		json_object_put(root);
 	}
 	pfree(text);
@@ -460,12 +543,12 @@ cs_event_parse(const char *raw, size_t len, CsEvent *ev, CsEventError *err)
 }
 
 void
-cs_event_report(const CsEventError *err, int pos)
+cs_event_report(const CsEventShape *shape, const CsEventError *err, int pos)
 {
 	ereport(ERROR,
 			(errcode(err->sqlstate),
-			 pos >= 0 ? errmsg("invalid citizen event at position %d", pos + 1)
-			 : errmsg("invalid citizen event"),
+			 pos >= 0 ? errmsg("invalid %s event at position %d", shape->aggregate_type, pos + 1)
+			 : errmsg("invalid %s event", shape->aggregate_type),
 			 errdetail("%s", err->detail),
 			 err->field[0] ? errhint("Check the field \"%s\" of the event against the wire format in the citizen_sync documentation.", err->field)
 			 : errhint("An event is one JSON object in UTF-8, as described in the citizen_sync documentation.")));
@@ -477,12 +560,10 @@ cs_event_type_name(CsEventType type)
 {
 	switch (type)
 	{
-		case CS_EVENT_CREATED:
-			return "citizen.created";
-		case CS_EVENT_UPDATED:
-			return "citizen.updated";
-		case CS_EVENT_DELETED:
-			return "citizen.deleted";
+		case CS_EVENT_UPSERT:
+			return "upsert";
+		case CS_EVENT_DELETE:
+			return "delete";
 		default:
 			return "unknown";
 	}

@@ -1,6 +1,7 @@
 /*-------------------------------------------------------------------------
  * cs_event.h
- *	  The citizen event as it travels on the wire, parsed and validated.
+ *	  An event as it travels on the wire, parsed and validated against the
+ *	  shape of the subscription it is for.
  *
  * The parser never raises: it either fills a CsEvent or describes what is
  * wrong in a CsEventError, so that one bad message can be dead-lettered
@@ -14,24 +15,18 @@
 
 #include "postgres.h"
 #include "datatype/timestamp.h"
+#include "cs_event_scan.h"
 
 /* What the event asks for; CS_EVENT_UNKNOWN is counted and skipped. */
 typedef enum CsEventType
 {
 	CS_EVENT_UNKNOWN = 0,
-	CS_EVENT_CREATED,
-	CS_EVENT_UPDATED,
-	CS_EVENT_DELETED
+	CS_EVENT_UPSERT,			/* created/updated: the snapshot is the state */
+	CS_EVENT_DELETE
 } CsEventType;
 
-/* Column limits of cache.citizen_refs, in characters. */
+/* The longest event_id, in characters. */
 #define CS_MAX_EVENT_ID_CHARS	200
-#define CS_MAX_NAME_CHARS		255
-#define CS_MAX_EMAIL_CHARS		255
-#define CS_MAX_PHONE_CHARS		50
-#define CS_MAX_CITY_CHARS		100
-#define CS_MAX_POSTAL_CHARS		20
-#define CS_MAX_ADDRESS_CHARS	2000
 
 /*
  * Containers (objects, arrays) that may nest in an event, the event object
@@ -39,7 +34,59 @@ typedef enum CsEventType
  */
 #define CS_MAX_EVENT_DEPTH		32
 
-/* A validated event.  Nullable strings are NULL when absent or JSON null. */
+/* The key's type: data.<aggregate_type>_id as a JSON integer or string. */
+typedef enum CsKeyKind
+{
+	CS_KEY_BIGINT = 0,			/* JSON integer >= 1 */
+	CS_KEY_TEXT,				/* JSON string, not empty */
+	CS_KEY_UUID					/* JSON string, a UUID (kept lower-case) */
+} CsKeyKind;
+
+/* What JSON a snapshot field must be, from its target column's type. */
+typedef enum CsFieldKind
+{
+	CS_FIELD_STRING = 0,		/* string types: a JSON string */
+	CS_FIELD_BOOL,				/* boolean: true or false */
+	CS_FIELD_NUMBER,			/* numeric types: a number (or a string) */
+	CS_FIELD_JSON,				/* json, jsonb: any value, kept as JSON text */
+	CS_FIELD_SCALAR				/* anything else: a string, number or boolean */
+} CsFieldKind;
+
+/* One snapshot field of a subscription (see subscription_fields()). */
+typedef struct CsFieldSpec
+{
+	const char *column;			/* the target column it fills */
+	CsFieldKind kind;
+	bool		required;		/* present, not null, a string not empty */
+	int			max_chars;		/* > 0: longest string (varchar(n)) */
+} CsFieldSpec;
+
+/* An event name and what it asks for. */
+typedef struct CsEventName
+{
+	const char *name;
+	CsEventType type;
+} CsEventName;
+
+/*
+ * What the parser expects of one subscription's events: the names of its
+ * event types, its key field, and its snapshot fields.  scan.snapshot[0] is
+ * the snapshot's "id" (which must agree with the key when present), then
+ * scan.snapshot[1 + i] is fields[i]'s name and path.  Built by
+ * cs_subscription.c from the catalog; test/fuzz builds its own.
+ */
+typedef struct CsEventShape
+{
+	const char *aggregate_type; /* for messages: "invalid <it> event" */
+	const CsEventName *names;
+	int			nnames;
+	CsKeyKind	key_kind;
+	const CsFieldSpec *fields;
+	int			nfields;
+	CsScanShape scan;
+} CsEventShape;
+
+/* A validated event.  Strings are NULL when absent or JSON null. */
 typedef struct CsEvent
 {
 	CsEventType type;
@@ -48,16 +95,10 @@ typedef struct CsEvent
 	int64		version;
 	bool		has_timestamp;
 	TimestampTz timestamp;		/* event_timestamp, when present */
-	int64		citizen_id;
+	char	   *key;			/* data.<aggregate_type>_id as text */
 	bool		has_snapshot;
-	char	   *name;
-	char	   *email;
-	char	   *phone;
-	char	   *address;
-	char	   *city;
-	char	   *postal_code;
-	bool		email_verified;
-	bool		identity_verified;
+	char	  **values;			/* [shape->nfields] snapshot values as text */
+	int			sub;			/* the caller's: index of its subscription */
 } CsEvent;
 
 /* Why an event was rejected: an SQLSTATE, the field at fault, a sentence. */
@@ -76,12 +117,16 @@ typedef struct CsEventError
  * CurrentMemoryContext.  The strings of a parsed event are valid UTF-8
  * without NUL, exactly the characters sent (escapes decoded).
  */
-extern bool cs_event_parse(const char *raw, size_t len, CsEvent *ev,
-						   CsEventError *err);
+extern bool cs_event_parse(const char *raw, size_t len, const CsEventShape *shape,
+						   CsEvent *ev, CsEventError *err);
 
 /* Raise err as an ERROR, naming the event's position when pos >= 0. */
-extern void cs_event_report(const CsEventError *err, int pos) pg_attribute_noreturn();
+extern void cs_event_report(const CsEventShape *shape, const CsEventError *err,
+							int pos) pg_attribute_noreturn();
 
 extern const char *cs_event_type_name(CsEventType type);
+
+/* The type an event name asks for in shape (CS_EVENT_UNKNOWN: none). */
+extern CsEventType cs_event_type_of(const CsEventShape *shape, const char *name);
 
 #endif							/* CS_EVENT_H */

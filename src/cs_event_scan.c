@@ -25,50 +25,20 @@ typedef enum ScanRole
 	ROLE_SNAPSHOT				/* "data"."snapshot" */
 } ScanRole;
 
-/* A field the parser reads, and the role of an object found as its value. */
-typedef struct ScanField
-{
-	const char *name;
-	const char *path;
-	ScanRole	child;
-} ScanField;
-
-static const ScanField root_fields[] = {
-	{"event_type", "event_type", ROLE_OTHER},
-	{"event_id", "event_id", ROLE_OTHER},
-	{"event_version", "event_version", ROLE_OTHER},
-	{"event_timestamp", "event_timestamp", ROLE_OTHER},
-	{"data", "data", ROLE_DATA},
+static const CsScanField root_fields[] = {
+	{"event_type", "event_type"},
+	{"event_id", "event_id"},
+	{"event_version", "event_version"},
+	{"event_timestamp", "event_timestamp"},
+	{"data", "data"},
 };
 
-static const ScanField data_fields[] = {
-	{"citizen_id", "data.citizen_id", ROLE_OTHER},
-	{"snapshot", "data.snapshot", ROLE_SNAPSHOT},
-};
+#define ROOT_DATA_FIELD		4	/* root_fields[4] holds a ROLE_DATA object */
+#define DATA_SNAPSHOT_FIELD	1	/* data's fields: the id, then "snapshot" */
 
-static const ScanField snapshot_fields[] = {
-	{"id", "data.snapshot.id", ROLE_OTHER},
-	{"name", "data.snapshot.name", ROLE_OTHER},
-	{"email", "data.snapshot.email", ROLE_OTHER},
-	{"phone", "data.snapshot.phone", ROLE_OTHER},
-	{"address", "data.snapshot.address", ROLE_OTHER},
-	{"city", "data.snapshot.city", ROLE_OTHER},
-	{"postal_code", "data.snapshot.postal_code", ROLE_OTHER},
-	{"email_verified", "data.snapshot.email_verified", ROLE_OTHER},
-	{"identity_verified", "data.snapshot.identity_verified", ROLE_OTHER},
-};
-
-/* Per role: the object's own path and its fields (ROLE_OTHER has none). */
-static const struct
-{
-	const char *path;
-	const ScanField *fields;
-	int			nfields;
-}			roles[] = {
-	[ROLE_OTHER] = {"", NULL, 0},
-	[ROLE_ROOT] = {"", root_fields, lengthof(root_fields)},
-	[ROLE_DATA] = {"data", data_fields, lengthof(data_fields)},
-	[ROLE_SNAPSHOT] = {"data.snapshot", snapshot_fields, lengthof(snapshot_fields)},
+static const char *const role_paths[] = {
+	[ROLE_OTHER] = "", [ROLE_ROOT] = "", [ROLE_DATA] = "data",
+	[ROLE_SNAPSHOT] = "data.snapshot",
 };
 
 /* One open container. */
@@ -78,11 +48,11 @@ typedef struct ScanLevel
 	ScanRole	role;
 	bool		expect_key;		/* the next string is a key */
 	int			last_key;		/* field index of the latest key, or -1 */
-	uint32		seen;			/* bitmask of the field indexes seen */
+	uint64		seen[CS_SCAN_MAX_FIELDS / 64];	/* field indexes seen */
 } ScanLevel;
 
 /* Longest decoded key worth comparing with the field names. */
-#define SCAN_KEY_MAX	32
+#define SCAN_KEY_MAX	NAMEDATALEN
 
 typedef struct ScanState
 {
@@ -96,7 +66,41 @@ typedef struct ScanState
 	char		key[SCAN_KEY_MAX];	/* the string being scanned, decoded */
 	int			key_len;		/* SCAN_KEY_MAX + 1: longer, or not a name */
 	CsEventScan *res;
+	const CsScanShape *shape;	/* the id and snapshot fields read */
+	CsScanField data_fields[2]; /* the id, "snapshot" */
 } ScanState;
+
+/* The fields of role's objects that the parser reads, and their count. */
+static const CsScanField *
+role_fields(const ScanState *st, ScanRole role, int *n)
+{
+	switch (role)
+	{
+		case ROLE_ROOT:
+			*n = lengthof(root_fields);
+			return root_fields;
+		case ROLE_DATA:
+			*n = 2;
+			return st->data_fields;
+		case ROLE_SNAPSHOT:
+			*n = st->shape->nsnapshot;
+			return st->shape->snapshot;
+		default:
+			*n = 0;
+			return NULL;
+	}
+}
+
+/* The role of an object found as field i of an object of role parent. */
+static ScanRole
+child_role(ScanRole parent, int i)
+{
+	if (parent == ROLE_ROOT && i == ROOT_DATA_FIELD)
+		return ROLE_DATA;
+	if (parent == ROLE_DATA && i == DATA_SNAPSHOT_FIELD)
+		return ROLE_SNAPSHOT;
+	return ROLE_OTHER;
+}
 
 /* The 4 hex digits at raw[at..at+4) as a number, or -1. */
 static int
@@ -184,12 +188,13 @@ current_path(const ScanState *st, bool in_key)
 	for (int d = st->depth - 1; d >= 0; d--)
 	{
 		const ScanLevel *lv = &st->levels[d];
+		int			n;
 
 		if (lv->role == ROLE_OTHER)
 			continue;
 		if ((d == st->depth - 1 && in_key) || lv->last_key < 0)
-			return roles[lv->role].path;
-		return roles[lv->role].fields[lv->last_key].path;
+			return role_paths[lv->role];
+		return role_fields(st, lv->role, &n)[lv->last_key].path;
 	}
 	return "";
 }
@@ -212,23 +217,27 @@ static void
 note_key(ScanState *st, size_t at)
 {
 	ScanLevel  *lv = &st->levels[st->depth - 1];
+	const CsScanField *fields;
+	int			n;
 
 	lv->last_key = -1;
 	if (lv->role == ROLE_OTHER || st->key_len > SCAN_KEY_MAX)
 		return;
-	for (int i = 0; i < roles[lv->role].nfields; i++)
+	fields = role_fields(st, lv->role, &n);
+	for (int i = 0; i < n; i++)
 	{
-		const char *name = roles[lv->role].fields[i].name;
+		const char *name = fields[i].name;
+		uint64		bit = UINT64CONST(1) << (i % 64);
 
 		if ((int) strlen(name) != st->key_len ||
 			memcmp(name, st->key, st->key_len) != 0)
 			continue;
-		if ((lv->seen & (1U << i)) && st->res->duplicate == NULL)
+		if ((lv->seen[i / 64] & bit) && st->res->duplicate == NULL)
 		{
-			st->res->duplicate = roles[lv->role].fields[i].path;
+			st->res->duplicate = fields[i].path;
 			st->res->duplicate_offset = at;
 		}
-		lv->seen |= 1U << i;
+		lv->seen[i / 64] |= bit;
 		lv->last_key = i;
 		return;
 	}
@@ -343,21 +352,22 @@ scan_open(ScanState *st, char kind)
 	lv->kind = kind;
 	lv->expect_key = (kind == '{');
 	lv->last_key = -1;
-	lv->seen = 0;
+	memset(lv->seen, 0, sizeof(lv->seen));
 	if (kind != '{')
 		lv->role = ROLE_OTHER;
 	else if (parent == NULL)
 		lv->role = ROLE_ROOT;
 	else if (parent->kind == '{' && parent->role != ROLE_OTHER &&
 			 parent->last_key >= 0)
-		lv->role = roles[parent->role].fields[parent->last_key].child;
+		lv->role = child_role(parent->role, parent->last_key);
 	else
 		lv->role = ROLE_OTHER;
 	return true;
 }
 
 bool
-cs_event_scan(const char *raw, size_t len, char *out, CsEventScan *res)
+cs_event_scan(const char *raw, size_t len, const CsScanShape *shape, char *out,
+			  CsEventScan *res)
 {
 	ScanState	st;
 
@@ -371,6 +381,10 @@ cs_event_scan(const char *raw, size_t len, char *out, CsEventScan *res)
 	st.depth = 0;
 	st.key_len = 0;
 	st.res = res;
+	st.shape = shape;
+	st.data_fields[0] = shape->id;
+	st.data_fields[1].name = "snapshot";
+	st.data_fields[1].path = "data.snapshot";
 	while (st.pos < len)
 	{
 		char		c = raw[st.pos];

@@ -16,6 +16,28 @@
 
 #include "postgres.h"
 
+/* A field the parser reads: its key and its path for messages. */
+typedef struct CsScanField
+{
+	const char *name;
+	const char *path;
+} CsScanField;
+
+/* Snapshot fields whose repetition the scan detects, at most. */
+#define CS_SCAN_MAX_FIELDS	256
+
+/*
+ * The fields of one subscription's events the scan tracks besides the
+ * header: data's key field (data.<aggregate_type>_id) and the snapshot's
+ * fields (at most CS_SCAN_MAX_FIELDS).
+ */
+typedef struct CsScanShape
+{
+	CsScanField id;
+	const CsScanField *snapshot;
+	int			nsnapshot;
+} CsScanShape;
+
 /* What the scan found wrong (the first problem in text order). */
 typedef enum CsScanStatus
 {
@@ -49,7 +71,7 @@ typedef struct CsEventScan
  * (they only mean something once json-c has accepted the text).  Text that
  * is not valid JSON may be scanned loosely: json-c rejects it afterwards.
  */
-extern bool cs_event_scan(const char *raw, size_t len, char *out,
-						  CsEventScan *res);
+extern bool cs_event_scan(const char *raw, size_t len, const CsScanShape *shape,
+						  char *out, CsEventScan *res);
 
 #endif							/* CS_EVENT_SCAN_H */

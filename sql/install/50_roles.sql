@@ -125,6 +125,11 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SEQUENCE @extschema@.dead_letters_id_seq TO %I', sync);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_event(text) TO %I', sync);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_events(text[]) TO %I', sync);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_event(text, text) TO %I', sync);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.apply_events(text[], text) TO %I', sync);
+    -- and the subscribed tables of this database (citizen_sync.subscribe())
+    PERFORM @extschema@.grant_subscription(c.target, sync::name)
+       FROM @extschema@.subscription_catalog c;
 
     -- Service and read-only users: freshness-aware reads of the cache.
     EXECUTE format('GRANT USAGE ON SCHEMA @extschema@ TO %I, %I', svc, ro);

@@ -17,7 +17,7 @@ DECLARE
     d   record;
     res text;
 BEGIN
-    FOR d IN SELECT l.id, l.payload FROM @extschema@.dead_letters l
+    FOR d IN SELECT l.id, l.payload, l.topic FROM @extschema@.dead_letters l
               WHERE l.resolved_at IS NULL AND (ids IS NULL OR l.id = ANY (ids))
               ORDER BY l.id FOR UPDATE LOOP
         BEGIN
@@ -26,7 +26,12 @@ BEGIN
                     USING ERRCODE = 'null_value_not_allowed',
                           DETAIL = 'The message value is null (a Kafka tombstone), not an event.';
             END IF;
-            res := @extschema@.apply_event(convert_from(d.payload, 'UTF8'));
+            -- into the table subscribed to the letter's topic
+            IF d.topic IS NULL THEN
+                res := @extschema@.apply_event(convert_from(d.payload, 'UTF8'));
+            ELSE
+                res := @extschema@.apply_event(convert_from(d.payload, 'UTF8'), d.topic);
+            END IF;
             UPDATE @extschema@.dead_letters l
                SET resolved_at = now(), resolution = 'retried: ' || res, last_seen_at = now(),
                    attempts = l.attempts + 1

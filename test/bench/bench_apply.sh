@@ -27,9 +27,19 @@
 #   4. Compares the two end states (every cache.citizen_refs row: id, fields,
 #      version, is_active; and the set of processed event ids) and prints the
 #      check's result.
+#   5. 0.1.0's citizen path on the same stream, same instance: the library
+#      of BASELINE_REF (default: the last commit of 0.1.0) is built and
+#      installed, the instance restarted, apply_events() timed the same way
+#      in a database of its own; then the current library is reinstalled and
+#      the instance restarted again.  Its end state must equal step 1's.
+#   6. Three subscriptions at once: cache.citizen_refs and two copies of it
+#      subscribed to topics bench.copy2 and bench.copy3 (generic path), the
+#      same stream with distinct event ids for each, one transaction per
+#      batch applying the three; events/s per subscription.
 #
 # Environment: EVENTS (200000), CITIZENS (20000), DUP (0.10), STALE (0.10),
-# BATCH (1000), SEED (42), SKIP_NAIVE=1 (only the extension), plus lib.sh's.
+# BATCH (1000), SEED (42), SKIP_NAIVE=1 (only the extension), BASELINE_REF
+# (a git revision; empty: skip step 5), plus lib.sh's.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 EVENTS=${EVENTS:-200000}
@@ -38,6 +48,8 @@ DUP=${DUP:-0.10}
 STALE=${STALE:-0.10}
 BATCH=${BATCH:-1000}
 SEED=${SEED:-42}
+BASELINE_REF=${BASELINE_REF-$(git -C "$REPO" log --format=%H --grep='^0.2.0 begins' 2>/dev/null | tail -1)}
+[ -z "$BASELINE_REF" ] || BASELINE_REF="$BASELINE_REF^"
 
 bench_require python3
 bench_setup apply
@@ -51,8 +63,10 @@ chown "$PGUSER_OS": "$BENCH_TMP/events.tsv"
 
 pg_init
 pg_start
-sql postgres 'CREATE DATABASE bench' >/dev/null
-psql_db bench <<SQL
+# stage DB: the extension, the stream in batches of $BATCH, bench_result.
+stage() {
+    sql postgres "CREATE DATABASE $1" >/dev/null
+    psql_db "$1" <<SQL
 CREATE EXTENSION citizen_sync;
 CREATE TABLE stream (seq bigserial PRIMARY KEY, key text NOT NULL, payload text NOT NULL);
 COPY stream (key, payload) FROM '$BENCH_TMP/events.tsv';
@@ -65,11 +79,13 @@ CREATE TABLE bench_result (method text PRIMARY KEY, events bigint, seconds float
 VACUUM ANALYZE;
 CHECKPOINT;
 SQL
+}
 
-# --- 1. the extension's set-based apply -------------------------------------
-say "citizen_sync.apply_events(), $BATCH events per call and transaction"
-psql_db bench <<'SQL'
-DO $$
+# apply_all DB METHOD: apply_events() over every batch, one COMMIT each,
+# timed inside the server; the outcome goes into bench_result as METHOD.
+apply_all() {
+    psql_db "$1" <<SQL
+DO \$\$
 DECLARE
     nb   int := (SELECT count(*) FROM batches);
     arr  text[];
@@ -89,10 +105,24 @@ BEGIN
         COMMIT;
     END LOOP;
     INSERT INTO bench_result
-        VALUES ('apply_events', a + s + d + o,
+        VALUES ('$2', a + s + d + o,
                 extract(epoch FROM clock_timestamp() - t0), a, s, d, o);
 END
-$$;
+\$\$;
+SQL
+}
+
+# end_state DB: the cache as rows, for comparing two runs.
+END_STATE_SQL="SELECT citizen_id, name, email, phone, address, city, postal_code, email_verified,
+                      identity_verified, event_version, is_active, deleted_at IS NULL AS not_deleted
+                 FROM cache.citizen_refs"
+
+stage bench
+
+# --- 1. the extension's set-based apply -------------------------------------
+say "citizen_sync.apply_events(), $BATCH events per call and transaction"
+apply_all bench apply_events
+psql_db bench <<'SQL'
 CREATE TABLE end_set AS
     SELECT citizen_id, name, email, phone, address, city, postal_code, email_verified,
            identity_verified, event_version, is_active, deleted_at IS NULL AS not_deleted
@@ -199,6 +229,94 @@ SQL
     info "end-state check: $END_STATE"
 fi
 
+pg_stop() {
+    runuser -u "$PGUSER_OS" -- "$PGBIN/pg_ctl" -D "$BENCH_TMP/data" -m fast -w stop >/dev/null
+    PG_STARTED=
+}
+
+# install_tree DIR: build and install the library and scripts of DIR.
+install_tree() {
+    make -s -C "$1" PG_CONFIG="$PG_CONFIG" >/dev/null 2>"$BENCH_TMP/make.err" &&
+        make -s -C "$1" PG_CONFIG="$PG_CONFIG" install >/dev/null 2>>"$BENCH_TMP/make.err" ||
+        { cat "$BENCH_TMP/make.err" >&2; die "building $1 failed"; }
+}
+
+# --- 5. 0.1.0's citizen path on the same stream --------------------------------
+BASE_STATE=skipped
+BASE_RESULT=
+if [ -n "$BASELINE_REF" ]; then
+    say "0.1.0's citizen path ($(git -C "$REPO" log -1 --format='%h %s' "$BASELINE_REF" | cut -c1-60)), same stream"
+    mkdir -p "$BENCH_TMP/base"
+    git -C "$REPO" archive "$BASELINE_REF" | tar -x -C "$BENCH_TMP/base"
+    pg_stop
+    install_tree "$BENCH_TMP/base"
+    pg_start
+    stage bench_base
+    apply_all bench_base apply_events_0.1.0
+    psql_db bench_base -c "$END_STATE_SQL ORDER BY citizen_id" >"$BENCH_TMP/state_0.1.0.txt"
+    psql_db bench -c "SELECT * FROM end_set ORDER BY citizen_id" >"$BENCH_TMP/state_generic.txt"
+    diff_base=$(diff "$BENCH_TMP/state_0.1.0.txt" "$BENCH_TMP/state_generic.txt" | grep -c '^[<>]' || true)
+    BASE_RESULT=$(sql bench_base "SELECT format('%s: %s events/s (applied %s, stale %s, duplicate %s)',
+                                  method, round(events / seconds), applied, stale, duplicate)
+                                  FROM bench_result")
+    BASE_STATE="rows differing from the generic path's end state: $diff_base"
+    pg_stop
+    install_tree "$REPO"
+    pg_start
+fi
+
+# --- 6. three subscriptions at once -------------------------------------------
+say "three subscriptions at once (the built-in one and two generic copies), one transaction per batch"
+psql_db bench <<SQL
+TRUNCATE cache.citizen_refs, cache.processed_events;
+CREATE TABLE cache.copy2 (LIKE cache.citizen_refs INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE cache.copy3 (LIKE cache.citizen_refs INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+SELECT citizen_sync.subscribe('cache.copy2', 'citizen', topic => 'bench.copy2',
+    columns => '{"name": {"required": true}, "email": {"required": true}, "created_at": null, "updated_at": null}');
+SELECT citizen_sync.subscribe('cache.copy3', 'citizen', topic => 'bench.copy3',
+    columns => '{"name": {"required": true}, "email": {"required": true}, "created_at": null, "updated_at": null}');
+-- the same events under other ids for each copy
+CREATE TABLE batches2 AS SELECT b, array_agg(replace(p, '"event_id": "', '"event_id": "c2_') ORDER BY o) AS payloads
+  FROM batches, unnest(payloads) WITH ORDINALITY AS u(p, o) GROUP BY b;
+CREATE TABLE batches3 AS SELECT b, array_agg(replace(p, '"event_id": "', '"event_id": "c3_') ORDER BY o) AS payloads
+  FROM batches, unnest(payloads) WITH ORDINALITY AS u(p, o) GROUP BY b;
+ALTER TABLE batches2 ADD PRIMARY KEY (b);
+ALTER TABLE batches3 ADD PRIMARY KEY (b);
+CREATE TABLE three_result (sub text PRIMARY KEY, events bigint, seconds float8);
+VACUUM ANALYZE;
+CHECKPOINT;
+DO \$\$
+DECLARE
+    nb  int := (SELECT count(*) FROM batches);
+    arr text[];
+    t   timestamptz;
+    s1 float8 := 0; s2 float8 := 0; s3 float8 := 0; n bigint := 0;
+    t0  timestamptz := clock_timestamp();
+BEGIN
+    FOR i IN 0 .. nb - 1 LOOP
+        SELECT payloads INTO arr FROM batches WHERE b = i;
+        n := n + cardinality(arr);
+        t := clock_timestamp();
+        PERFORM count(*) FROM citizen_sync.apply_events(arr);
+        s1 := s1 + extract(epoch FROM clock_timestamp() - t);
+        SELECT payloads INTO arr FROM batches2 WHERE b = i;
+        t := clock_timestamp();
+        PERFORM count(*) FROM citizen_sync.apply_events(arr, 'bench.copy2');
+        s2 := s2 + extract(epoch FROM clock_timestamp() - t);
+        SELECT payloads INTO arr FROM batches3 WHERE b = i;
+        t := clock_timestamp();
+        PERFORM count(*) FROM citizen_sync.apply_events(arr, 'bench.copy3');
+        s3 := s3 + extract(epoch FROM clock_timestamp() - t);
+        COMMIT;
+    END LOOP;
+    INSERT INTO three_result VALUES ('cache.citizen_refs', n, s1), ('cache.copy2', n, s2),
+        ('cache.copy3', n, s3), ('all three (wall)', 3 * n, extract(epoch FROM clock_timestamp() - t0));
+END
+\$\$;
+SQL
+THREE_CHECK=$(sql bench "SELECT (SELECT count(*) FROM ($(echo "$END_STATE_SQL" | sed 's/FROM cache.citizen_refs/FROM cache.copy2/') EXCEPT $END_STATE_SQL) a)
+                       + (SELECT count(*) FROM ($(echo "$END_STATE_SQL" | sed 's/FROM cache.citizen_refs/FROM cache.copy3/') EXCEPT $END_STATE_SQL) b)")
+
 say "results"
 psql_db bench -F ' ' <<'SQL' | while read -r m n secs rate a s d o; do
 SELECT method, events, round(seconds::numeric, 3), round(events / seconds),
@@ -215,3 +333,13 @@ if [ "${SKIP_NAIVE:-0}" != 1 ]; then
     info "end states identical: $END_STATE"
     [ "$END_STATE" = IDENTICAL ] || exit 1
 fi
+say "0.1.0's citizen path against the generic path (the built-in subscription), same stream"
+sql bench "SELECT format('%s (generic): %s events/s', method, round(events / seconds))
+             FROM bench_result WHERE method = 'apply_events'" | sed 's/^/    /'
+info "${BASE_RESULT:-0.1.0: skipped (BASELINE_REF empty)}"
+info "0.1.0's end state: $BASE_STATE"
+say "three subscriptions at once"
+sql bench "SELECT format('%-20s %8s events in %7ss = %7s events/s', sub, events, round(seconds::numeric, 3),
+                         round(events / seconds)) FROM three_result ORDER BY sub" | sed 's/^/    /'
+info "rows of the copies differing from cache.citizen_refs: $THREE_CHECK"
+[ "$THREE_CHECK" = 0 ] || exit 1

@@ -42,6 +42,42 @@
 
 static const CsEventError *last_err;
 
+/*
+ * The shape the harness parses with: the built-in citizen subscription as
+ * citizen_sync.subscription_fields() describes cache.citizen_refs.
+ */
+enum
+{
+	F_NAME, F_EMAIL, F_PHONE, F_ADDRESS, F_CITY, F_POSTAL, F_EMAIL_VERIFIED,
+	F_IDENTITY_VERIFIED, F_COUNT
+};
+static const CsFieldSpec fields[F_COUNT] = {
+	{"name", CS_FIELD_STRING, true, 255}, {"email", CS_FIELD_STRING, true, 255},
+	{"phone", CS_FIELD_STRING, false, 50}, {"address", CS_FIELD_STRING, false, 0},
+	{"city", CS_FIELD_STRING, false, 100}, {"postal_code", CS_FIELD_STRING, false, 20},
+	{"email_verified", CS_FIELD_BOOL, false, 0},
+	{"identity_verified", CS_FIELD_BOOL, false, 0},
+};
+static const CsScanField scan_fields[1 + F_COUNT] = {
+	{"id", "data.snapshot.id"}, {"name", "data.snapshot.name"},
+	{"email", "data.snapshot.email"}, {"phone", "data.snapshot.phone"},
+	{"address", "data.snapshot.address"}, {"city", "data.snapshot.city"},
+	{"postal_code", "data.snapshot.postal_code"},
+	{"email_verified", "data.snapshot.email_verified"},
+	{"identity_verified", "data.snapshot.identity_verified"},
+};
+static const CsEventName names[] = {
+	{"citizen.created", CS_EVENT_UPSERT}, {"citizen.updated", CS_EVENT_UPSERT},
+	{"citizen.deleted", CS_EVENT_DELETE},
+};
+static const CsEventShape shape = {
+	"citizen", names, lengthof(names), CS_KEY_BIGINT, fields, F_COUNT,
+	{{"citizen_id", "data.citizen_id"}, scan_fields, 1 + F_COUNT}
+};
+
+/* Field f of a parsed event (NULL when absent). */
+#define VALUE(ev, f) ((ev)->values ? (ev)->values[f] : NULL)
+
 static void
 violated(const char *cond, const char *what, int line)
 {
@@ -343,18 +379,17 @@ check_outcome(bool ok, const CsEvent *ev, const CsEventError *err)
 	}
 	check_string(ev->type_name, true, 200, "event_type");
 	check_string(ev->event_id, true, CS_MAX_EVENT_ID_CHARS, "event_id");
-	PROPERTY(ev->type == CS_EVENT_UNKNOWN ||
-			 strcmp(ev->type_name, cs_event_type_name(ev->type)) == 0, "event type matches its name");
+	PROPERTY(ev->type == cs_event_type_of(&shape, ev->type_name), "event type matches its name");
 	if (ev->type == CS_EVENT_UNKNOWN)
 		return;
-	PROPERTY(ev->version >= 1 && ev->citizen_id >= 1, "version and id are positive");
-	PROPERTY(ev->type == CS_EVENT_DELETED || ev->has_snapshot, "created/updated have a snapshot");
-	check_string(ev->name, ev->has_snapshot, CS_MAX_NAME_CHARS, "data.snapshot.name");
-	check_string(ev->email, ev->has_snapshot, CS_MAX_EMAIL_CHARS, "data.snapshot.email");
-	check_string(ev->phone, false, CS_MAX_PHONE_CHARS, "data.snapshot.phone");
-	check_string(ev->address, false, CS_MAX_ADDRESS_CHARS, "data.snapshot.address");
-	check_string(ev->city, false, CS_MAX_CITY_CHARS, "data.snapshot.city");
-	check_string(ev->postal_code, false, CS_MAX_POSTAL_CHARS, "data.snapshot.postal_code");
+	PROPERTY(ev->version >= 1 && ev->key != NULL && ev->key[0] >= '1' && ev->key[0] <= '9',
+			 "version and id are positive");
+	PROPERTY(ev->type == CS_EVENT_DELETE || ev->has_snapshot, "created/updated have a snapshot");
+	for (int f = 0; f < F_COUNT; f++)
+		if (fields[f].kind == CS_FIELD_STRING)
+			check_string(VALUE(ev, f), ev->has_snapshot && fields[f].required,
+						 fields[f].max_chars > 0 ? fields[f].max_chars : PG_INT32_MAX,
+						 scan_fields[1 + f].path);
 }
 
 /* The refusal a reference status calls for (0: no claim). */
@@ -409,8 +444,8 @@ fuzz_whole(const uint8_t *data, size_t size)
 				ev2;
 	CsEventError err,
 				err2;
-	bool		ok = cs_event_parse((const char *) data, size, &ev, &err);
-	bool		ok2 = cs_event_parse((const char *) data, size, &ev2, &err2);
+	bool		ok = cs_event_parse((const char *) data, size, &shape, &ev, &err);
+	bool		ok2 = cs_event_parse((const char *) data, size, &shape, &ev2, &err2);
 	RefLex		lex = ref_lex(data, size);
 
 	check_outcome(ok, &ev, &err);
@@ -473,7 +508,7 @@ embed(const char *prefix, const uint8_t *body, size_t size, const char *suffix,
 	e->decoded = malloc(size + 1);
 	e->st = ref_decode(body, size, e->decoded, &e->declen);
 	e->decoded[e->declen] = '\0';
-	e->ok = cs_event_parse((const char *) text, h + p + size + s, &e->ev, &e->err);
+	e->ok = cs_event_parse((const char *) text, h + p + size + s, &shape, &e->ev, &e->err);
 	free(text);
 	check_outcome(e->ok, &e->ev, &e->err);
 	if (expected_refusal(e->st) != 0)
@@ -490,12 +525,13 @@ fuzz_name_value(const uint8_t *body, size_t size)
 	embed("\"name\":\"", body, size, "\"}}}", &e);
 	if (e.st == REF_OK && e.declen == 0)
 		PROPERTY(!e.ok && e.err.sqlstate == ERRCODE_INVALID_PARAMETER_VALUE, "empty name refused");
-	else if (e.st == REF_OK && ref_chars(e.decoded, e.declen) > CS_MAX_NAME_CHARS)
+	else if (e.st == REF_OK && ref_chars(e.decoded, e.declen) > (size_t) fields[F_NAME].max_chars)
 		PROPERTY(!e.ok && e.err.sqlstate == ERRCODE_STRING_DATA_RIGHT_TRUNCATION, "long name refused");
 	else if (e.st == REF_OK)
 	{
 		PROPERTY(e.ok, "a valid name is accepted");
-		PROPERTY(strlen(e.ev.name) == e.declen && memcmp(e.ev.name, e.decoded, e.declen) == 0,
+		PROPERTY(strlen(VALUE(&e.ev, F_NAME)) == e.declen &&
+				 memcmp(VALUE(&e.ev, F_NAME), e.decoded, e.declen) == 0,
 				 "the name stored is exactly the one sent (reference decoder)");
 	}
 	free(e.decoded);
@@ -511,9 +547,10 @@ fuzz_key(const uint8_t *body, size_t size)
 	embed("\"name\":\"Alice\",\"", body, size, "\":\"Mallory\"}}}", &e);
 	key = (const char *) e.decoded;
 	if (e.ok)
-		PROPERTY(e.ev.type == CS_EVENT_UPDATED && strcmp(e.ev.event_id, "evt_f") == 0 &&
-				 e.ev.version == 1 && e.ev.citizen_id == 1 &&
-				 strcmp(e.ev.name, "Alice") == 0 && strcmp(e.ev.email, "e@x") == 0,
+		PROPERTY(e.ev.type == CS_EVENT_UPSERT && strcmp(e.ev.event_id, "evt_f") == 0 &&
+				 e.ev.version == 1 && strcmp(e.ev.key, "1") == 0 &&
+				 strcmp(VALUE(&e.ev, F_NAME), "Alice") == 0 &&
+				 strcmp(VALUE(&e.ev, F_EMAIL), "e@x") == 0,
 				 "no key overrides a field already read");
 	/* refusals of bad keys are checked by embed(); other inputs: no claim */
 	if (e.st == REF_OK &&

@@ -40,11 +40,13 @@ INSERT INTO public.citizens VALUES (1, 'Ana', 'ana@example.gov', '+1-555-0101'),
                                    (2, 'Ben', 'ben@example.gov', NULL);
 UPDATE public.citizens SET phone = '+1-555-0202' WHERE id = 2;
 UPDATE citizen_sync.outbox SET published_at = now() WHERE id = 1;
-SELECT citizen_sync.apply_event('{"event_type":"citizen.created","event_id":"evt_1","event_version":1,
-  "event_timestamp":"2026-11-25T10:00:00Z","data":{"citizen_id":7,"snapshot":{"id":7,"name":"Maria",
-  "email":"maria@example.gov","phone":"+1-555-0199"}}}');
-SELECT citizen_sync.apply_event('{"event_type":"citizen.deleted","event_id":"evt_2","event_version":2,
-  "data":{"citizen_id":8}}');
+-- what apply_event() of 0.1.0 left (the current library applies through the
+-- subscription catalog of 0.2.0 only)
+INSERT INTO cache.citizen_refs (citizen_id, name, email, phone, event_version)
+VALUES (7, 'Maria', 'maria@example.gov', '+1-555-0199', 1);
+INSERT INTO cache.citizen_refs (citizen_id, event_version, is_active, deleted_at)
+VALUES (8, 2, false, now());
+INSERT INTO cache.processed_events (event_id) VALUES ('evt_1'), ('evt_2');
 INSERT INTO citizen_sync.consumer_offsets (group_id, topic, partition, next_offset)
 VALUES ('old_db-citizen-sync', 'gov.auth.citizen', 0, 42);
 INSERT INTO citizen_sync.dead_letters (payload, message_key, topic, partition, "offset",

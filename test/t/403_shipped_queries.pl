@@ -115,6 +115,15 @@ my %DOCS = (
 	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
 	'GRANT EXECUTE ON FUNCTION citizen_sync.current_version(text, text) TO auth_app' =>
 	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
+	# README, Generic sync: the example's tables are created by the same block,
+	# after which each statement is analyzed on its own; to_regclass() lets it
+	# parse before they exist
+	q{SELECT citizen_sync.subscribe('cache.employees', 'employee', columns => '{"name": "full_name"}')} =>
+	  { run => q{SELECT citizen_sync.subscribe(pg_catalog.to_regclass('cache.employees'), 'employee', columns => '{"name": "full_name"}')} },
+	q{SELECT citizen_sync.subscribe('cache.role_assignments', 'role', key_column => 'assignment_id', delete_mode => 'hard', event_types => '{"role.assigned": "upsert", "role.revoked": "delete"}')} =>
+	  { run => q{SELECT citizen_sync.subscribe(pg_catalog.to_regclass('cache.role_assignments'), 'role', key_column => 'assignment_id', delete_mode => 'hard', event_types => '{"role.assigned": "upsert", "role.revoked": "delete"}')} },
+	q{SELECT citizen_sync.unsubscribe('cache.employees')} =>
+	  { run => q{SELECT citizen_sync.unsubscribe(pg_catalog.to_regclass('cache.employees'))} },
 	'SELECT citizen_sync.heal(...)' =>
 	  { skip => 'an elided reference to the heal() call the runbook shows in full' },
 	q{SELECT cron.schedule('citizen-consistency', '17 * * * *', $$SELECT count(*) FROM citizen_sync.consistency_check('host=auth-db dbname=auth_db user=citizen_sync_check')$$)}

@@ -66,13 +66,19 @@ CREATE VIEW @extschema@.sync_latency AS
     SELECT database, le_ms, bucket_count, total_count, sum_ms
       FROM @extschema@.latency_histogram_raw();
 
--- p50/p95/p99 per consumer, as the upper bound of the bucket holding the quantile.
+-- p50/p95/p99 per consumer, as the upper bound of the bucket holding the
+-- quantile.  A quantile beyond the last finite bound (the +Inf bucket) is
+-- reported as that last finite bound, as Prometheus's histogram_quantile()
+-- does: read it as "at least"; NULL (NaN in Prometheus) before any sample.
 CREATE VIEW @extschema@.sync_latency_summary AS
     SELECT database, max(total_count) AS samples,
            CASE WHEN max(total_count) > 0 THEN max(sum_ms) / max(total_count) END AS mean_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.50 * total_count AND total_count > 0) AS p50_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.95 * total_count AND total_count > 0) AS p95_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.99 * total_count AND total_count > 0) AS p99_ms
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.50 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p50_ms,
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.95 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p95_ms,
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.99 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p99_ms
       FROM @extschema@.latency_histogram_raw()
      GROUP BY database;
 
@@ -160,6 +166,16 @@ CREATE VIEW @extschema@.metrics_dead_letters AS
       FROM @extschema@.dead_letter_summary
      GROUP BY error_sqlstate;
 
+-- citizen_sync_outbox_*: only where there is an outbox to watch, the
+-- database citizen_sync.outbox_database names (the publisher's), or any
+-- database whose outbox has unpublished rows (capture without a publisher):
+-- service databases, whose outbox stays empty, emit no outbox series.
+CREATE VIEW @extschema@.metrics_outbox AS
+    SELECT database, pending, retrying, oldest_pending_age_seconds, set_aside
+      FROM @extschema@.outbox_backlog
+     WHERE pending > 0
+        OR database = current_setting('citizen_sync.outbox_database', true);
+
 -- Monitoring reads aggregates only: never the outbox or the dead letters
 -- themselves (personal data).  pg_monitor keeps what 0.1.0 granted it but
 -- those two tables; citizen_sync_monitor (50_roles.sql) is the exporter's.
@@ -177,3 +193,5 @@ REVOKE ALL ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extsc
 GRANT SELECT ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extschema@.metrics_latency,
                 @extschema@.metrics_latency_summary, @extschema@.metrics_publishers,
                 @extschema@.metrics_dead_letters TO pg_monitor, citizen_sync_monitor;
+REVOKE ALL ON @extschema@.metrics_outbox FROM PUBLIC;
+GRANT SELECT ON @extschema@.metrics_outbox TO pg_monitor, citizen_sync_monitor;

@@ -364,6 +364,30 @@ cs_shmem_set_error(CsWorkerSlot *slot, const char *message)
 	SLOT_UNLOCK(slot);
 }
 
+/* true when the slot's last error states a condition that still holds */
+static bool
+error_still_holds(CsWorkerSlot *slot)
+{
+	return slot->st.nrecorded < slot->st.npartitions ||
+		(slot->st.held_back[0] != '\0' &&
+		 strcmp(slot->st.last_error, slot->st.held_back) == 0);
+}
+
+/*
+ * A batch applied or a delivery round succeeded: clear the last error an
+ * earlier failure, a Kafka error or a restart left (last_error_at keeps
+ * when, worker_errors keeps the history), unless it states a condition that
+ * still holds.
+ */
+void
+cs_shmem_note_success(CsWorkerSlot *slot)
+{
+	SLOT_LOCK(slot, LW_EXCLUSIVE);
+	if (slot->st.last_error[0] != '\0' && !error_still_holds(slot))
+		slot->st.last_error[0] = '\0';
+	SLOT_UNLOCK(slot);
+}
+
 void
 cs_shmem_show_problem(CsWorkerSlot *slot, const char *message, const char *clear_if,
 					  int state)
@@ -477,6 +501,8 @@ cs_shmem_count_publish(CsWorkerSlot *slot, int64 ok, int64 bad, bool delivered,
 	st->state = retrying ? CS_STATE_RETRYING : CS_STATE_RUNNING;
 	if (error)
 		put_error(slot, error);
+	else if (delivered && st->last_error[0] != '\0' && !error_still_holds(slot))
+		st->last_error[0] = '\0';	/* recovered: see cs_shmem_note_success */
 	SLOT_UNLOCK(slot);
 }
 

@@ -232,6 +232,14 @@ extern const char *cs_shmem_state_name(CsWorkerState state);
 extern void cs_shmem_set_error(CsWorkerSlot *slot, const char *message);
 
 /*
+ * A batch was applied (consumer): clear a last error left by an earlier
+ * failure, unless it states a condition that still holds (more partitions
+ * than recorded, held back).  A delivered publish round does the same in
+ * cs_shmem_count_publish().
+ */
+extern void cs_shmem_note_success(CsWorkerSlot *slot);
+
+/*
  * Replace the last error by message only if it is a different one, keeping
  * the time of an unchanged one; "" clears it only if it is clear_if (so a
  * problem shown by the launcher is not taken for a worker's).  A state other

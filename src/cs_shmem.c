@@ -216,9 +216,35 @@ cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
 		strlcpy(st->role, role, NAMEDATALEN);
 		strlcpy(st->group_id, group_id, sizeof(st->group_id));
 		st->state = CS_STATE_STARTING;
+		st->stats_reset = GetCurrentTimestamp();
 		cs_errors_clear(i);
 	}
 	SLOT_UNLOCK(slot);
+}
+
+bool
+cs_shmem_reset_stats(int i)
+{
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+	CsWorkerStatus *st = &slot->st;
+	bool		configured;
+
+	SLOT_LOCK(slot, LW_EXCLUSIVE);
+	configured = st->kind != CS_WORKER_NONE;
+	if (configured)
+	{
+		memset(st->results, 0, sizeof(st->results));
+		st->dead_lettered = 0;
+		st->batches = 0;
+		st->published = 0;
+		st->publish_failures = 0;
+		memset(st->latency_buckets, 0, sizeof(st->latency_buckets));
+		st->latency_count = 0;
+		st->latency_sum_ms = 0;
+		st->stats_reset = GetCurrentTimestamp();
+	}
+	SLOT_UNLOCK(slot);
+	return configured;
 }
 
 void

@@ -8,7 +8,8 @@ CREATE FUNCTION @extschema@.worker_stats_raw(
     OUT partitions int, OUT applied bigint, OUT deleted bigint, OUT stale bigint,
     OUT duplicate bigint, OUT ignored bigint, OUT dead_lettered bigint,
     OUT batches bigint, OUT last_batch_at timestamptz, OUT lag bigint,
-    OUT published bigint, OUT last_error text, OUT last_error_at timestamptz)
+    OUT published bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT stats_reset timestamptz)
 RETURNS SETOF record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'citizen_sync_worker_stats';
@@ -28,7 +29,7 @@ CREATE VIEW @extschema@.worker_stats AS
 CREATE VIEW @extschema@.consumer_stats AS
     SELECT database, role, group_id, pid, state, partitions, applied, deleted,
            stale, duplicate, ignored, dead_lettered, batches, last_batch_at, lag,
-           last_error, last_error_at
+           last_error, last_error_at, stats_reset
       FROM @extschema@.worker_stats_raw()
      WHERE kind = 'consumer';
 
@@ -42,6 +43,17 @@ REVOKE ALL ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.
 GRANT SELECT ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag
     TO pg_monitor, citizen_sync_monitor;
 GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor, citizen_sync_monitor;
+
+-- Zero the counters and latency histograms of every worker of the instance
+-- (worker_stats.stats_reset says since when), as pg_stat_reset() does for
+-- PostgreSQL's: superusers, and roles granted EXECUTE on it.
+CREATE FUNCTION @extschema@.stats_reset()
+RETURNS timestamptz
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'citizen_sync_stats_reset';
+COMMENT ON FUNCTION @extschema@.stats_reset() IS
+    'Zero the counters and latency histograms of every citizen_sync worker of the instance';
+REVOKE ALL ON FUNCTION @extschema@.stats_reset() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Operations metrics

@@ -394,6 +394,24 @@ is($value->('citizen_sync_outbox_rows_set_aside', database => 'auth_db'), '0', '
 		is("$out$err", '', 'promtool check metrics: no lint problem in the citizen_sync metrics');
 	}
 
+	# citizen_sync.stats_reset(): counters and histograms to 0, stats_reset
+	# says since when; not for the exporter's role (EXECUTE revoked from PUBLIC).
+	my $before = $node->safe_psql('permits_db',
+		q{SELECT string_agg(stats_reset::text, ',') FROM citizen_sync.worker_stats});
+	unlike($before, qr/^,|,,|,$/, "every worker has a stats_reset time ($before)");
+	my $reset_at = $node->safe_psql('permits_db', 'SELECT citizen_sync.stats_reset()');
+	is( $node->safe_psql('permits_db', qq{
+SELECT count(*) FILTER (WHERE applied + deleted + stale + duplicate + batches + published + dead_lettered > 0)
+       || '|' || bool_and(stats_reset = '$reset_at')
+  FROM citizen_sync.worker_stats}),
+		'0|true', 'stats_reset(): every worker\'s counters are 0, stats_reset is the reset time');
+	is( $node->safe_psql('permits_db', 'SELECT max(total_count) FROM citizen_sync.sync_latency'),
+		'0', 'stats_reset(): latency histograms emptied');
+	my ($rc, $out, $err) = $node->psql('permits_db', 'SELECT citizen_sync.stats_reset()',
+		connstr => $node->connstr('permits_db') . ' user=cs_exporter');
+	like($err, qr/permission denied for function stats_reset/,
+		'the exporter\'s role may not call stats_reset()');
+
 	$exporter->kill_kill(grace => 5);
 	undef $exporter;
 	$node->stop;

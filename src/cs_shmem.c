@@ -223,7 +223,7 @@ cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
 }
 
 bool
-cs_shmem_reset_stats(int i)
+cs_shmem_reset_stats(int i, TimestampTz now)
 {
 	CsWorkerSlot *slot = &cs_shared->slots[i];
 	CsWorkerStatus *st = &slot->st;
@@ -241,7 +241,7 @@ cs_shmem_reset_stats(int i)
 		memset(st->latency_buckets, 0, sizeof(st->latency_buckets));
 		st->latency_count = 0;
 		st->latency_sum_ms = 0;
-		st->stats_reset = GetCurrentTimestamp();
+		st->stats_reset = now;
 	}
 	SLOT_UNLOCK(slot);
 	return configured;

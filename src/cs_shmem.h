@@ -242,10 +242,10 @@ extern void cs_shmem_note_success(CsWorkerSlot *slot);
 
 /*
  * Zero slot i's counters (outcomes, dead letters, batches, published,
- * publish failures) and latency histogram, and note when
+ * publish failures) and latency histogram, and note now as the time
  * (citizen_sync.stats_reset()).  Returns false for an unconfigured slot.
  */
-extern bool cs_shmem_reset_stats(int i);
+extern bool cs_shmem_reset_stats(int i, TimestampTz now);
 
 /*
  * Replace the last error by message only if it is a different one, keeping

@@ -295,8 +295,10 @@ citizen_sync_config_problems(PG_FUNCTION_ARGS)
 Datum
 citizen_sync_stats_reset(PG_FUNCTION_ARGS)
 {
+	TimestampTz now = GetCurrentTimestamp();
+
 	cs_shmem_require();
 	for (int i = 0; i < CS_MAX_WORKERS; i++)
-		(void) cs_shmem_reset_stats(i);
-	PG_RETURN_TIMESTAMPTZ(GetCurrentTimestamp());
+		(void) cs_shmem_reset_stats(i, now);
+	PG_RETURN_TIMESTAMPTZ(now);
 }

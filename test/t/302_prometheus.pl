@@ -212,8 +212,9 @@ DELETE FROM citizens WHERE id IN (28, 29, 30);
 	for my $db (@SERVICE_DBS)
 	{
 		ok( poll_until($node, $db, qq{
-SELECT count(*) = 4 AND bool_and(lag = 0) FROM citizen_sync.consumer_lag WHERE database = '$db'}),
-			"$db: 4 partitions, lag 0");
+SELECT count(*) = 4 AND bool_and(lag = 0) AND citizen_sync.fresh_as_of('$db') IS NOT NULL
+  FROM citizen_sync.consumer_lag WHERE database = '$db'}),
+			"$db: 4 partitions, lag 0, fresh");
 	}
 
 	# One exporter for the instance: DSN at permits_db, the other databases

@@ -396,8 +396,7 @@ flush_batch(Consumer *c)
 													  cs_restart_delay_s * 1000L));
 		return false;
 	}
-	if (c->failures > 0)
-		cs_shmem_set_error(c->slot, "");	/* recovered; last_error_at keeps when */
+	cs_shmem_note_success(c->slot);	/* recovered; last_error_at keeps when */
 	slot_count(c, &args.outcome,
 			   (double) (GetCurrentTimestamp() - start) / 1000.0);
 	commit_to_kafka(c);

@@ -216,9 +216,35 @@ cs_shmem_configure_slot(int i, CsWorkerKind kind, const char *database,
 		strlcpy(st->role, role, NAMEDATALEN);
 		strlcpy(st->group_id, group_id, sizeof(st->group_id));
 		st->state = CS_STATE_STARTING;
+		st->stats_reset = GetCurrentTimestamp();
 		cs_errors_clear(i);
 	}
 	SLOT_UNLOCK(slot);
+}
+
+bool
+cs_shmem_reset_stats(int i, TimestampTz now)
+{
+	CsWorkerSlot *slot = &cs_shared->slots[i];
+	CsWorkerStatus *st = &slot->st;
+	bool		configured;
+
+	SLOT_LOCK(slot, LW_EXCLUSIVE);
+	configured = st->kind != CS_WORKER_NONE;
+	if (configured)
+	{
+		memset(st->results, 0, sizeof(st->results));
+		st->dead_lettered = 0;
+		st->batches = 0;
+		st->published = 0;
+		st->publish_failures = 0;
+		memset(st->latency_buckets, 0, sizeof(st->latency_buckets));
+		st->latency_count = 0;
+		st->latency_sum_ms = 0;
+		st->stats_reset = now;
+	}
+	SLOT_UNLOCK(slot);
+	return configured;
 }
 
 void
@@ -364,6 +390,30 @@ cs_shmem_set_error(CsWorkerSlot *slot, const char *message)
 	SLOT_UNLOCK(slot);
 }
 
+/* true when the slot's last error states a condition that still holds */
+static bool
+error_still_holds(CsWorkerSlot *slot)
+{
+	return slot->st.nrecorded < slot->st.npartitions ||
+		(slot->st.held_back[0] != '\0' &&
+		 strcmp(slot->st.last_error, slot->st.held_back) == 0);
+}
+
+/*
+ * A batch applied or a delivery round succeeded: clear the last error an
+ * earlier failure, a Kafka error or a restart left (last_error_at keeps
+ * when, worker_errors keeps the history), unless it states a condition that
+ * still holds.
+ */
+void
+cs_shmem_note_success(CsWorkerSlot *slot)
+{
+	SLOT_LOCK(slot, LW_EXCLUSIVE);
+	if (slot->st.last_error[0] != '\0' && !error_still_holds(slot))
+		slot->st.last_error[0] = '\0';
+	SLOT_UNLOCK(slot);
+}
+
 void
 cs_shmem_show_problem(CsWorkerSlot *slot, const char *message, const char *clear_if,
 					  int state)
@@ -477,6 +527,8 @@ cs_shmem_count_publish(CsWorkerSlot *slot, int64 ok, int64 bad, bool delivered,
 	st->state = retrying ? CS_STATE_RETRYING : CS_STATE_RUNNING;
 	if (error)
 		put_error(slot, error);
+	else if (delivered && st->last_error[0] != '\0' && !error_still_holds(slot))
+		st->last_error[0] = '\0';	/* recovered: see cs_shmem_note_success */
 	SLOT_UNLOCK(slot);
 }
 

@@ -116,6 +116,7 @@ typedef struct CsWorkerStatus
 	/* launcher (cs_launcher.c): why a wanted worker is held back, "" = not */
 	char		held_back[256];
 	TimestampTz retire_until;	/* DROP DATABASE in progress: do not start before */
+	TimestampTz stats_reset;	/* counters and latency zeroed since (0 = never configured) */
 } CsWorkerStatus;
 
 /* One recorded partition: topic is an index in CsPartitions.topics. */
@@ -230,6 +231,21 @@ extern const char *cs_shmem_state_name(CsWorkerState state);
 
 /* Record an error sentence and its time in the slot ("" clears it). */
 extern void cs_shmem_set_error(CsWorkerSlot *slot, const char *message);
+
+/*
+ * A batch was applied (consumer): clear a last error left by an earlier
+ * failure, unless it states a condition that still holds (more partitions
+ * than recorded, held back).  A delivered publish round does the same in
+ * cs_shmem_count_publish().
+ */
+extern void cs_shmem_note_success(CsWorkerSlot *slot);
+
+/*
+ * Zero slot i's counters (outcomes, dead letters, batches, published,
+ * publish failures) and latency histogram, and note now as the time
+ * (citizen_sync.stats_reset()).  Returns false for an unconfigured slot.
+ */
+extern bool cs_shmem_reset_stats(int i, TimestampTz now);
 
 /*
  * Replace the last error by message only if it is a different one, keeping

@@ -20,8 +20,9 @@
 
 PG_FUNCTION_INFO_V1(citizen_sync_worker_stats);
 PG_FUNCTION_INFO_V1(citizen_sync_partition_stats);
+PG_FUNCTION_INFO_V1(citizen_sync_stats_reset);
 
-#define WORKER_STATS_COLS 20
+#define WORKER_STATS_COLS 21
 
 static Datum
 nullable_ts(TimestampTz ts, bool *isnull)
@@ -63,6 +64,7 @@ worker_row(const CsWorkerStatus *s, Datum *v, bool *n)
 	v[17] = Int64GetDatum(s->published);
 	v[18] = nullable_text(s->last_error, &n[18]);
 	v[19] = nullable_ts(s->last_error_at, &n[19]);
+	v[20] = nullable_ts(s->stats_reset, &n[20]);
 }
 
 /* citizen_sync.worker_stats_raw(): one row per configured worker. */
@@ -282,4 +284,21 @@ citizen_sync_config_problems(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	PG_RETURN_VOID();
+}
+
+/*
+ * citizen_sync.stats_reset(): zero the counters and latency histograms of
+ * every configured worker of the instance (worker_stats, consumer_stats,
+ * sync_latency); returns the time of the reset.  EXECUTE is revoked from
+ * PUBLIC: superusers and roles granted EXECUTE may call it.
+ */
+Datum
+citizen_sync_stats_reset(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	cs_shmem_require();
+	for (int i = 0; i < CS_MAX_WORKERS; i++)
+		(void) cs_shmem_reset_stats(i, now);
+	PG_RETURN_TIMESTAMPTZ(now);
 }

@@ -8,7 +8,8 @@ CREATE FUNCTION @extschema@.worker_stats_raw(
     OUT partitions int, OUT applied bigint, OUT deleted bigint, OUT stale bigint,
     OUT duplicate bigint, OUT ignored bigint, OUT dead_lettered bigint,
     OUT batches bigint, OUT last_batch_at timestamptz, OUT lag bigint,
-    OUT published bigint, OUT last_error text, OUT last_error_at timestamptz)
+    OUT published bigint, OUT last_error text, OUT last_error_at timestamptz,
+    OUT stats_reset timestamptz)
 RETURNS SETOF record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'citizen_sync_worker_stats';
@@ -28,7 +29,7 @@ CREATE VIEW @extschema@.worker_stats AS
 CREATE VIEW @extschema@.consumer_stats AS
     SELECT database, role, group_id, pid, state, partitions, applied, deleted,
            stale, duplicate, ignored, dead_lettered, batches, last_batch_at, lag,
-           last_error, last_error_at
+           last_error, last_error_at, stats_reset
       FROM @extschema@.worker_stats_raw()
      WHERE kind = 'consumer';
 
@@ -42,6 +43,17 @@ REVOKE ALL ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.
 GRANT SELECT ON @extschema@.worker_stats, @extschema@.consumer_stats, @extschema@.consumer_lag
     TO pg_monitor, citizen_sync_monitor;
 GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor, citizen_sync_monitor;
+
+-- Zero the counters and latency histograms of every worker of the instance
+-- (worker_stats.stats_reset says since when), as pg_stat_reset() does for
+-- PostgreSQL's: superusers, and roles granted EXECUTE on it.
+CREATE FUNCTION @extschema@.stats_reset()
+RETURNS timestamptz
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'citizen_sync_stats_reset';
+COMMENT ON FUNCTION @extschema@.stats_reset() IS
+    'Zero the counters and latency histograms of every citizen_sync worker of the instance';
+REVOKE ALL ON FUNCTION @extschema@.stats_reset() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Operations metrics
@@ -66,13 +78,19 @@ CREATE VIEW @extschema@.sync_latency AS
     SELECT database, le_ms, bucket_count, total_count, sum_ms
       FROM @extschema@.latency_histogram_raw();
 
--- p50/p95/p99 per consumer, as the upper bound of the bucket holding the quantile.
+-- p50/p95/p99 per consumer, as the upper bound of the bucket holding the
+-- quantile.  A quantile beyond the last finite bound (the +Inf bucket) is
+-- reported as that last finite bound, as Prometheus's histogram_quantile()
+-- does: read it as "at least"; NULL (NaN in Prometheus) before any sample.
 CREATE VIEW @extschema@.sync_latency_summary AS
     SELECT database, max(total_count) AS samples,
            CASE WHEN max(total_count) > 0 THEN max(sum_ms) / max(total_count) END AS mean_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.50 * total_count AND total_count > 0) AS p50_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.95 * total_count AND total_count > 0) AS p95_ms,
-           min(le_ms) FILTER (WHERE bucket_count >= 0.99 * total_count AND total_count > 0) AS p99_ms
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.50 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p50_ms,
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.95 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p95_ms,
+           least(min(le_ms) FILTER (WHERE bucket_count >= 0.99 * total_count AND total_count > 0),
+                 max(le_ms) FILTER (WHERE le_ms <> 'Infinity' AND total_count > 0)) AS p99_ms
       FROM @extschema@.latency_histogram_raw()
      GROUP BY database;
 
@@ -160,6 +178,16 @@ CREATE VIEW @extschema@.metrics_dead_letters AS
       FROM @extschema@.dead_letter_summary
      GROUP BY error_sqlstate;
 
+-- citizen_sync_outbox_*: only where there is an outbox to watch, the
+-- database citizen_sync.outbox_database names (the publisher's), or any
+-- database whose outbox has unpublished rows (capture without a publisher):
+-- service databases, whose outbox stays empty, emit no outbox series.
+CREATE VIEW @extschema@.metrics_outbox AS
+    SELECT database, pending, retrying, oldest_pending_age_seconds, set_aside
+      FROM @extschema@.outbox_backlog
+     WHERE pending > 0
+        OR database = current_setting('citizen_sync.outbox_database', true);
+
 -- Monitoring reads aggregates only: never the outbox or the dead letters
 -- themselves (personal data).  pg_monitor keeps what 0.1.0 granted it but
 -- those two tables; citizen_sync_monitor (50_roles.sql) is the exporter's.
@@ -177,3 +205,5 @@ REVOKE ALL ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extsc
 GRANT SELECT ON @extschema@.metrics_workers, @extschema@.metrics_consumers, @extschema@.metrics_latency,
                 @extschema@.metrics_latency_summary, @extschema@.metrics_publishers,
                 @extschema@.metrics_dead_letters TO pg_monitor, citizen_sync_monitor;
+REVOKE ALL ON @extschema@.metrics_outbox FROM PUBLIC;
+GRANT SELECT ON @extschema@.metrics_outbox TO pg_monitor, citizen_sync_monitor;

@@ -85,6 +85,16 @@ is(CitizenSync::Node::consumer_pid($node, $db), $pid,
 is($node->safe_psql($db, qq{
 SELECT state FROM citizen_sync.consumer_stats WHERE database = '$db'}),
 	'running', 'the consumer is running');
+# No stale last_error after recovery: cleared by the first batch applied
+# after it, its time and the error itself kept (last_error_at, worker_errors).
+is( $node->safe_psql($db, qq{
+SELECT coalesce(last_error, '<none>') || ' | ' || (last_error_at > '$t_down')
+  FROM citizen_sync.consumer_stats WHERE database = '$db'}),
+	'<none> | true', 'last_error cleared after recovery, last_error_at kept');
+cmp_ok( $node->safe_psql($db, qq{
+SELECT count(*) FROM citizen_sync.worker_errors
+ WHERE kind = 'consumer' AND database = '$db' AND source = 'kafka' AND last_at > '$t_down'}),
+	'>=', 1, 'worker_errors keeps the outage');
 
 $node->stop;
 $broker->stop;

@@ -87,6 +87,8 @@ wait_outbox_drained($node, 60, 'everything drains once the brokers are back');
 $stats = publisher_stats($node);
 ok( poll_until(10, sub { $stats = publisher_stats($node); $stats->{state} eq 'running' }),
 	"publisher state back to running (was '$stats->{state}')");
+ok( poll_until(10, sub { $stats = publisher_stats($node); $stats->{last_error} eq '' }),
+	"no stale last_error once deliveries succeed again (was '$stats->{last_error}')");
 wait_caches_converged($node, 60);
 check_outbox_complete($node);
 

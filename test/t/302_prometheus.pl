@@ -17,9 +17,11 @@ use lib "$FindBin::RealBin/../perl";
 use CitizenSync::Broker qw(:all);
 use CitizenSync::Node qw(:all);
 use CitizenSync::Check qw(:all);
+use CitizenSync::Events;
 use File::Spec;
 use HTTP::Tiny;
 use IPC::Run ();
+use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -55,6 +57,48 @@ sub slurp_file_text
 	open my $fh, '<', $path or die "cannot open $path: $!";
 	local $/;
 	return scalar <$fh>;
+}
+
+# The metric names a PromQL expression reads: identifiers that are not
+# functions (followed by "("), keywords, label names (in {...}, by (...),
+# without (...), on (...), ignoring (...)), strings, durations or numbers.
+sub promql_metrics
+{
+	my ($expr) = @_;
+	$expr =~ s/"(?:[^"\\]|\\.)*"//g;    # strings
+	$expr =~ s/\{[^}]*\}//g;                # label matchers
+	$expr =~ s/\[[^\]]*\]//g;              # ranges
+	$expr =~ s/\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)//g;
+	my %kw = map { $_ => 1 } qw(and or unless bool offset by without on ignoring group_left group_right inf nan);
+	my %m;
+	while ($expr =~ /(?<![\w.])([a-zA-Z_:][\w:]*+)(?!\s*\()/g)
+	{
+		$m{$1} = 1 unless $kw{ lc $1 };
+	}
+	return sort keys %m;
+}
+
+# Every metric named by the queries of a Grafana dashboard (panel targets
+# and query variables).
+sub dashboard_metrics
+{
+	my ($path) = @_;
+	my $dash = JSON::PP->new->decode(slurp_file_text($path));
+	my @exprs;
+	my $walk;
+	$walk = sub {
+		my ($n) = @_;
+		if (ref $n eq 'HASH')
+		{
+			push @exprs, $n->{expr} if defined $n->{expr} && !ref $n->{expr};
+			push @exprs, $n->{query}{query} =~ /^label_values\((\w+)/ if ref $n->{query} eq 'HASH';
+			$walk->($_) for values %$n;
+		}
+		elsif (ref $n eq 'ARRAY') { $walk->($_) for @$n; }
+	};
+	$walk->($dash);
+	my %m = map { $_ => 1 } map { promql_metrics($_) } @exprs;
+	return sort keys %m;
 }
 
 #---------------------------------------------------------------------------
@@ -148,12 +192,29 @@ DELETE FROM citizens WHERE id IN (28, 29, 30);
 	is( $node->safe_psql('permits_db',
 			"SELECT count(*) FROM citizen_sync.consistency_check(\$c\$$auth\$c\$, '0 seconds')"),
 		'0', 'consistency check of permits_db: no drift');
+	# 10 new citizens whose events are a day old when applied: their
+	# latency falls in the +Inf bucket, beyond 5 % of the samples, so p95
+	# and p99 lie there (exported as the last finite bound, never +Inf).
+	my $old = join('', map { CitizenSync::Events::event_json(
+				type => 'created', event_id => "evt_late_$_", citizen_id => $_,
+				version => 1, snapshot => CitizenSync::Events::snapshot($_, 1))
+			  =~ s/"event_timestamp":"[^"]*"/"event_timestamp":"LATE"/r . "\n" } 1001 .. 1010);
+	my $late = $node->safe_psql('postgres',
+		q{SELECT to_char((now() - interval '1 day') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')});
+	$old =~ s/LATE/$late/g;
+	$kafka->produce($TOPIC, [ map { [ 'citizen_' . (1000 + $_), (split /\n/, $old)[ $_ - 1 ] ] } 1 .. 10 ]);
+	for my $db (@SERVICE_DBS)
+	{
+		ok(poll_until($node, $db, 'SELECT count(*) FROM cache.citizen_refs WHERE citizen_id > 1000', '10'),
+			"$db: the 10 late events were applied");
+	}
 	# Lag is measured against the watermark: wait until it is known and 0.
 	for my $db (@SERVICE_DBS)
 	{
 		ok( poll_until($node, $db, qq{
-SELECT count(*) = 4 AND bool_and(lag = 0) FROM citizen_sync.consumer_lag WHERE database = '$db'}),
-			"$db: 4 partitions, lag 0");
+SELECT count(*) = 4 AND bool_and(lag = 0) AND citizen_sync.fresh_as_of('$db') IS NOT NULL
+  FROM citizen_sync.consumer_lag WHERE database = '$db'}),
+			"$db: 4 partitions, lag 0, fresh");
 	}
 
 	# One exporter for the instance: DSN at permits_db, the other databases
@@ -280,6 +341,11 @@ SELECT applied, deleted, stale, duplicate, ignored, dead_lettered, batches, part
 		my @q = map { $value->("citizen_sync_latency_${_}_seconds", database => $db) } qw(p50 p95 p99);
 		ok(@q == 3 && $q[0] > 0 && $q[0] <= $q[1] && $q[1] <= $q[2],
 			"$db: p50 <= p95 <= p99 (@q)");
+		# The late events put p95 and p99 in the +Inf bucket: exported as
+		# the last finite bound, not +Inf.
+		my $last_finite = $buckets[-2]{labels}{le};
+		is("$q[1] $q[2]", "$last_finite $last_finite",
+			"$db: p95 and p99 beyond the last bucket are its finite bound ($last_finite), not +Inf");
 
 		# Dead letters by SQLSTATE, the consistency report.
 		is($value->('citizen_sync_dead_letters_unresolved', database => $db, sqlstate => '22P02'), '1',
@@ -294,10 +360,12 @@ SELECT applied, deleted, stale, duplicate, ignored, dead_lettered, batches, part
 	is(scalar($find->('citizen_sync_consistency_checked', database => 'revenue_db')), 0,
 		'revenue_db never ran a check: no series');
 
-	# Outbox and publisher.
-	for my $db ('auth_db', @SERVICE_DBS)
+	# Outbox and publisher: outbox series from the outbox database only.
+	is($value->('citizen_sync_outbox_pending', database => 'auth_db'), '0', 'auth_db: outbox pending 0');
+	for my $db (@SERVICE_DBS)
 	{
-		is($value->('citizen_sync_outbox_pending', database => $db), '0', "$db: outbox pending 0");
+		is(scalar(grep { $_->{name} =~ /^citizen_sync_outbox_/ && $_->{labels}{database} eq $db } @samples),
+			0, "$db (a service database, no outbox): no citizen_sync_outbox_* series");
 	}
 	is($value->('citizen_sync_outbox_retrying', database => 'auth_db'), '0', 'auth_db: retrying 0');
 is($value->('citizen_sync_outbox_rows_set_aside', database => 'auth_db'), '0', 'auth_db: no row set aside');
@@ -306,6 +374,15 @@ is($value->('citizen_sync_outbox_rows_set_aside', database => 'auth_db'), '0', '
 	my $rows = $node->safe_psql('auth_db', 'SELECT count(*) FROM citizen_sync.outbox');
 	cmp_ok($value->('citizen_sync_publisher_published_total', database => 'auth_db'), '>=', $rows,
 		"published_total >= $rows outbox rows");
+
+	# Every metric the Grafana dashboard's queries name is exposed.
+	my @names = dashboard_metrics("$mon/grafana_citizen_sync.json");
+	cmp_ok(scalar(@names), '>=', 20, 'the dashboard queries ' . scalar(@names) . ' metrics');
+	is_deeply([ grep { !$exposed{$_} } @names ], [],
+		'every metric the dashboard uses is exposed (' . join(', ', @names) . ')');
+	is_deeply([ grep { !$exposed{$_} } promql_metrics(
+				'sum by (le) (rate(citizen_sync_no_such_seconds_bucket{server=~"$server"}[5m]))') ],
+		['citizen_sync_no_such_seconds_bucket'], 'a metric the exporter lacks would be reported');
 
 	# promtool's linter accepts the citizen_sync metrics.
 	SKIP:
@@ -317,6 +394,24 @@ is($value->('citizen_sync_outbox_rows_set_aside', database => 'auth_db'), '0', '
 		IPC::Run::run([ $promtool, 'check', 'metrics' ], '<', \$ours, '>', \$out, '2>', \$err);
 		is("$out$err", '', 'promtool check metrics: no lint problem in the citizen_sync metrics');
 	}
+
+	# citizen_sync.stats_reset(): counters and histograms to 0, stats_reset
+	# says since when; not for the exporter's role (EXECUTE revoked from PUBLIC).
+	my $before = $node->safe_psql('permits_db',
+		q{SELECT string_agg(stats_reset::text, ',') FROM citizen_sync.worker_stats});
+	unlike($before, qr/^,|,,|,$/, "every worker has a stats_reset time ($before)");
+	my $reset_at = $node->safe_psql('permits_db', 'SELECT citizen_sync.stats_reset()');
+	is( $node->safe_psql('permits_db', qq{
+SELECT count(*) FILTER (WHERE applied + deleted + stale + duplicate + batches + published + dead_lettered > 0)
+       || '|' || bool_and(stats_reset = '$reset_at')
+  FROM citizen_sync.worker_stats}),
+		'0|true', 'stats_reset(): every worker\'s counters are 0, stats_reset is the reset time');
+	is( $node->safe_psql('permits_db', 'SELECT max(total_count) FROM citizen_sync.sync_latency'),
+		'0', 'stats_reset(): latency histograms emptied');
+	my ($rc, $out, $err) = $node->psql('permits_db', 'SELECT citizen_sync.stats_reset()',
+		connstr => $node->connstr('permits_db') . ' user=cs_exporter');
+	like($err, qr/permission denied for function stats_reset/,
+		'the exporter\'s role may not call stats_reset()');
 
 	$exporter->kill_kill(grace => 5);
 	undef $exporter;

@@ -150,7 +150,26 @@ wait_published() {
         sleep "$POLL"
     done
 }
+# PERF=FILE: perf record (call graphs) of the publisher while it relays the
+# backlog (perf report -i FILE).
+PERF_PID=
+if [ -n "${PERF:-}" ]; then
+    pub_pid=0
+    for _ in $(seq 100); do
+        pub_pid=$(sql auth_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'publisher'")
+        [ "$pub_pid" != 0 ] && break
+        sleep 0.1   # polling for the worker's start (deadline: 10 s)
+    done
+    perf record -F 499 -g -p "$pub_pid" -o "$PERF" >/dev/null 2>&1 &
+    PERF_PID=$!
+    BENCH_PIDS+=("$PERF_PID")
+fi
 wait_published
+if [ -n "$PERF_PID" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+    BENCH_PIDS=()
+    info "perf profile of the publisher: $PERF"
+fi
 read -r total_s steady_s steady_rows rounds run_rows run_s < <(sql auth_db "
     WITH b AS (SELECT min(published_at) AS first, max(published_at) AS last,
                       count(DISTINCT published_at) AS rounds FROM citizen_sync.outbox),
@@ -198,6 +217,10 @@ if [ "${SKIP_LATENCY:-0}" != 1 ]; then
     t1=$(now_s)
     info "caught up in $(calc "round($t1 - $t0, 1)") s (including the group join)"
 
+    # latency_run TPS: pgbench at TPS transactions/s for LAT_SECONDS s; sets
+    # LAT_LINE and LAT_P99.
+    latency_run() {
+    local LAT_TPS=$1 first_new r0 retained end lat ncommit nvis p50 p95 p99 mx pub50 pub99
     say "latency: pgbench, $LAT_TPS transactions/s for $LAT_SECONDS s, each an UPDATE of one citizen"
     cat >"$BENCH_TMP/update.sql" <<SQL
 \\set id random(1, $HALF)
@@ -248,9 +271,34 @@ SQL
     LAT_LINE="p50 $p50 ms, p95 $p95 ms, p99 $p99 ms, max $mx ms ($nvis of $ncommit transactions)"
     info "commit-to-visible (auth_db commit to permits_db commit): $LAT_LINE"
     info "of which commit to published_at (publisher's marking round): p50 $pub50 ms, p99 $pub99 ms"
+    LAT_P99=$p99
+    }
+    LAT_LINES=()
+    for tps in ${LAT_TPS_LIST:-1000 5000}; do
+        latency_run "$tps"
+        LAT_LINES+=("commit-to-visible at $tps tx/s: $LAT_LINE")
+        bench_result "commit-to-visible p99 at $tps tx/s (pgbench, $LAT_CLIENTS clients), ms" "$LAT_P99" \
+            "aim, ms" "$([ "$tps" -le 1000 ] && echo 10 || echo 50)" "ratio <= 1"
+    done
+
+    # Idle cost: CPU of the caught-up consumer over IDLE_SECONDS with nothing
+    # to consume, utime + stime of /proc/<pid>/stat (all its threads).
+    IDLE_SECONDS=${IDLE_SECONDS:-60}
+    say "idle consumer: CPU over $IDLE_SECONDS s with nothing to consume"
+    cpid=$(sql permits_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'consumer'")
+    ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+    c0=$(ticks "$cpid")
+    sleep "$IDLE_SECONDS"   # the measurement interval
+    c1=$(ticks "$cpid")
+    IDLE_PCT=$(calc "round(100.0 * ($c1 - $c0) / $(getconf CLK_TCK) / $IDLE_SECONDS, 3)")
+    info "consumer pid $cpid: $(calc "($c1 - $c0) / $(getconf CLK_TCK)") s of CPU in $IDLE_SECONDS s = $IDLE_PCT% of a core"
+    LAT_LINES+=("idle consumer: $IDLE_PCT% of a core")
+    bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core" "$IDLE_PCT" "aim, %" "0.2" "ratio <= 1"
 fi
 
 say "summary"
+bench_result "publisher: backlog, rows/s steady ($ROWS rows)" "$PUB_STEADY" "kcat -P of the same messages, msg/s" \
+    "$KCAT_RATE" "ratio >= 0.35"
 info "publisher:  $PUB_RATE rows/s from reload, $PUB_STEADY rows/s steady, $PUB_RUN rows/s without stalls ($ROWS rows, $RESTARTS watchdog restarts)"
 info "kcat -P:    $KCAT_RATE msg/s (same messages)"
-[ -z "${LAT_LINE:-}" ] || info "commit-to-visible at $LAT_TPS tx/s: $LAT_LINE"
+for l in "${LAT_LINES[@]}"; do info "$l"; done

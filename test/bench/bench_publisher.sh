@@ -53,6 +53,8 @@ LAT_SECONDS=${LAT_SECONDS:-15}
 LAT_CLIENTS=${LAT_CLIENTS:-4}
 TOPIC=gov.auth.citizen
 HALF=$((ROWS / 2))
+ONBOARD=${ONBOARD:-0}
+LAT_LINES=()
 
 bench_require python3 kcat broker
 [ -x "$PGBIN/pgbench" ] || die "no pgbench in $PGBIN"
@@ -84,6 +86,13 @@ CREATE TABLE citizens (
     postal_code       varchar(20),
     email_verified    boolean NOT NULL DEFAULT false,
     identity_verified boolean NOT NULL DEFAULT false);
+-- onboarding (ONBOARD > ROWS/2): the citizens above ROWS/2 exist before
+-- capture(), as in a source that adopts citizen_sync: only resync() sends them
+INSERT INTO citizens
+SELECT i, 'Citizen ' || i, 'citizen' || i || '@example.gov', '+1-555-' || lpad((i % 10000)::text, 4, '0'),
+       (i % 900 + 100) || ' Elm St, apartment ' || i % 50, 'Springfield', (10000 + i % 89999)::text,
+       i % 2 = 0, i % 3 = 0
+  FROM generate_series($HALF + 1, $ONBOARD) i;
 SELECT citizen_sync.capture('citizens', 'citizen',
        ARRAY['id', 'name', 'email', 'phone', 'address', 'city', 'postal_code',
              'email_verified', 'identity_verified']);
@@ -273,7 +282,7 @@ SQL
     info "of which commit to published_at (publisher's marking round): p50 $pub50 ms, p99 $pub99 ms"
     LAT_P99=$p99
     }
-    LAT_LINES=()
+
     for tps in ${LAT_TPS_LIST:-1000 5000}; do
         latency_run "$tps"
         LAT_LINES+=("commit-to-visible at $tps tx/s: $LAT_LINE")
@@ -296,9 +305,40 @@ SQL
     bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core" "$IDLE_PCT" "aim, %" "0.2" "ratio <= 1"
 fi
 
+# Onboarding a new service: a fresh database joins (its consumer reads the
+# topic from the start), then resync() republishes every citizen of the
+# source; the figure is from the resync call to the moment the new cache
+# holds all of them (the resync transaction, the publisher, the consumer).
+if [ "$ONBOARD" -gt 0 ] && [ "${SKIP_LATENCY:-0}" != 1 ]; then
+    NCIT=$(sql auth_db 'SELECT count(*) FROM citizens')
+    say "onboarding: a fresh cache (onboard_db), resync of the $NCIT citizens of the source"
+    sql postgres 'CREATE DATABASE onboard_db' >/dev/null
+    psql_db onboard_db -c 'CREATE EXTENSION citizen_sync' \
+        -c "SELECT citizen_sync.create_service_roles('onboard')" >/dev/null
+    t0=$(now_s)
+    psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.databases = 'permits_db:permits_sync_user,onboard_db:onboard_sync_user'" \
+        -c 'SELECT pg_reload_conf()' -c "SELECT citizen_sync.resync('citizen')" >/dev/null
+    t1=$(now_s)
+    info "resync() wrote $NCIT outbox rows in $(calc "round($t1 - $t0, 1)") s"
+    start=$(date +%s)
+    while :; do
+        n=$(sql onboard_db 'SELECT count(*) FROM cache.citizen_refs' 2>/dev/null || echo 0)
+        [ "${n:-0}" -ge "$NCIT" ] && break
+        [ $(($(date +%s) - start)) -lt "$TIMEOUT" ] || die "timeout: onboard_db holds ${n:-?} of $NCIT citizens"
+        sleep "$POLL"
+    done
+    t2=$(now_s)
+    ONBOARD_S=$(calc "round($t2 - $t0, 1)")
+    ONBOARD_LINE="$NCIT citizens in $ONBOARD_S s end to end ($(calc "round($NCIT / ($t2 - $t0))") citizens/s; resync() $(calc "round($t1 - $t0, 1)") s)"
+    info "onboarding: $ONBOARD_LINE"
+    bench_result "onboarding: resync of $NCIT citizens until a fresh cache holds them all, s" "$ONBOARD_S" \
+        "aim (1,000,000 citizens), s" "30" "ratio <= 1 at 1,000,000"
+fi
+
 say "summary"
 bench_result "publisher: backlog, rows/s steady ($ROWS rows)" "$PUB_STEADY" "kcat -P of the same messages, msg/s" \
     "$KCAT_RATE" "ratio >= 0.35"
 info "publisher:  $PUB_RATE rows/s from reload, $PUB_STEADY rows/s steady, $PUB_RUN rows/s without stalls ($ROWS rows, $RESTARTS watchdog restarts)"
 info "kcat -P:    $KCAT_RATE msg/s (same messages)"
 for l in "${LAT_LINES[@]}"; do info "$l"; done
+[ -z "${ONBOARD_LINE:-}" ] || info "onboarding: $ONBOARD_LINE"

@@ -302,7 +302,29 @@ SQL
     IDLE_PCT=$(calc "round(100.0 * ($c1 - $c0) / $(getconf CLK_TCK) / $IDLE_SECONDS, 3)")
     info "consumer pid $cpid: $(calc "($c1 - $c0) / $(getconf CLK_TCK)") s of CPU in $IDLE_SECONDS s = $IDLE_PCT% of a core"
     LAT_LINES+=("idle consumer: $IDLE_PCT% of a core")
-    bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core" "$IDLE_PCT" "aim, %" "0.2" "ratio <= 1"
+    bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core (fetch.wait.max.ms default 10)" "$IDLE_PCT" \
+        "aim, %" "0.2" "ratio <= 1"
+    # The same with the setting for real brokers (README: fetch.wait.max.ms):
+    # a restarted consumer with fetch.wait.max.ms=500 (IDLE_LONG_WAIT=0 skips).
+    if [ "${IDLE_LONG_WAIT:-1}" = 1 ]; then
+        psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.kafka_properties = 'session.timeout.ms=6000;fetch.wait.max.ms=500'" \
+            -c 'SELECT pg_reload_conf()' -c "SELECT pg_terminate_backend($cpid)" >/dev/null
+        start=$(date +%s); npid=0
+        while :; do
+            npid=$(sql permits_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'consumer' AND state = 'running'" 2>/dev/null || echo 0)
+            [ "${npid:-0}" != 0 ] && [ "$npid" != "$cpid" ] && break
+            [ $(($(date +%s) - start)) -lt 60 ] || die "no restarted consumer after 60 s"
+            sleep "$POLL"
+        done
+        sleep 10    # group join and first fetches, not measured
+        c0=$(ticks "$npid"); sleep "$IDLE_SECONDS"; c1=$(ticks "$npid")
+        IDLE_LONG=$(calc "round(100.0 * ($c1 - $c0) / $(getconf CLK_TCK) / $IDLE_SECONDS, 3)")
+        LAT_LINES+=("idle consumer with fetch.wait.max.ms=500: $IDLE_LONG% of a core")
+        bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core (fetch.wait.max.ms=500, for real brokers)" \
+            "$IDLE_LONG" "aim, %" "0.2" "ratio <= 1"
+        psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.kafka_properties = 'session.timeout.ms=6000'" \
+            -c 'SELECT pg_reload_conf()' >/dev/null
+    fi
 fi
 
 # Onboarding a new service: a fresh database joins (its consumer reads the

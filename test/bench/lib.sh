@@ -181,7 +181,8 @@ bench_machine() {
 # milliseconds, percent); the ratio VALUE / BASELINE_VALUE is computed here.
 bench_result() {
     local figure=$1 value=$2 bname=${3:-} bvalue=${4:-} aim=${5:-} ratio=
-    if [ -n "$bvalue" ] && [ "$bvalue" != 0 ]; then
+    [ -n "$value" ] || value=n/a
+    if [ "$value" != n/a ] && [ -n "$bvalue" ] && [ "$bvalue" != 0 ]; then
         ratio=$(calc "round($value / $bvalue, 2)")
     fi
     info "figure: $figure = $value${bname:+ (baseline $bname = $bvalue, ratio $ratio)}"

@@ -29,7 +29,10 @@ RESULTS=${RESULTS:-$BENCH_DIR/results.md}
 LOGDIR=${RESULTS%.md}.d
 mkdir -p "$LOGDIR"
 export BENCH_RESULTS="$LOGDIR/figures.tsv"
-: >"$BENCH_RESULTS"
+# SCRIPTS="bench_publisher.sh ..." runs only those and keeps the figures the
+# previous run wrote (a rerun of one script after a failure: its figures are
+# appended to those of the others).
+[ -n "${SCRIPTS:-}" ] || : >"$BENCH_RESULTS"
 
 if [ "$QUICK" = 1 ]; then
     export EVENTS=${EVENTS:-100000} CITIZENS=${CITIZENS:-20000} ROWS=${ROWS:-50000} \
@@ -40,6 +43,7 @@ fi
 
 scripts=(bench_apply.sh bench_consumer.sh bench_publisher.sh)
 [ -f "$BENCH_DIR/bench_capture.sh" ] && scripts+=(bench_capture.sh)
+[ -z "${SCRIPTS:-}" ] || read -r -a scripts <<<"$SCRIPTS"
 status=0
 failed=()
 started=$(date -u '+%Y-%m-%d %H:%M UTC')

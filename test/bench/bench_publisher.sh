@@ -246,7 +246,7 @@ SQL
     read -r retained end < <(broker_retained "$TOPIC")
     wait_consumer "$end"
 
-    psql_db auth_db -c "COPY (SELECT format('evt_%s_%s', o.id, (extract('epoch', o.created_at) * 1000000)::int8),
+    psql_db auth_db -c "COPY (SELECT format('evt_%s_%s', o.id, (extract(epoch FROM o.created_at) * 1000000)::int8),
                                      extract(epoch FROM pg_xact_commit_timestamp(l.xmin)),
                                      extract(epoch FROM o.published_at)
                                 FROM lat_log l JOIN citizen_sync.outbox o ON o.id = l.outbox_id

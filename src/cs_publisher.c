@@ -589,7 +589,6 @@ produce_row(Publisher *p, int i)
 static bool
 refill_deferred(Publisher *p, int used, int nwant)
 {
-	p->refill_due_at = 0;
 	if (used == 0 || nwant >= Max(1, cs_publisher_batch_size / 4))
 		return false;
 	p->refill_due_at = TimestampTzPlusMilliseconds(p->last_fetch_at, REFILL_DEFER_MS);
@@ -609,6 +608,7 @@ fetch_and_produce(Publisher *p)
 	int			used = pipeline_used(p);
 	int			nwant = cs_publisher_batch_size - used;
 
+	p->refill_due_at = 0;		/* set again below if still deferred */
 	if (nwant <= 0 || GetCurrentTimestamp() < p->db_retry_at)
 		return;
 	if (refill_deferred(p, used, nwant))

@@ -15,11 +15,7 @@
  *	   (published_at IS NULL) in id order and takes the first row of each
  *	   aggregate that has no row in the pipeline, skipping the aggregates
  *	   that have a set-aside row, until the pipeline is full (or 10 times
- *	   publisher_batch_size rows were looked at), and reads their messages
- *	   (while more than three quarters of the pipeline is in use, this waits
- *	   until a quarter is free or REFILL_DEFER_MS have passed: each walk
- *	   re-reads the rows in flight, so refilling a few slots at every report
- *	   cost a walk per few rows under a backlog);
+ *	   publisher_batch_size rows were looked at), and reads their messages;
  *	3. it produces them with librdkafka's idempotent producer (acks=all),
  *	   topic topic_prefix || aggregate_type, key
  *	   <aggregate_type>_<aggregate_id>, value = payload plus event_type and
@@ -96,9 +92,6 @@ PGDLLEXPORT void cs_publisher_main(Datum arg);
 
 /* A walk looks at no more than this many times publisher_batch_size rows. */
 #define WALK_FACTOR		10
-
-/* A refill of a pipeline over three quarters full waits this long at most. */
-#define REFILL_DEFER_MS		20
 
 /* Set-aside rows named one by one in the server log per mark step. */
 #define MAX_LOGGED_SET_ASIDE	10
@@ -206,8 +199,6 @@ typedef struct Publisher
 	TimestampTz db_retry_at;	/* after a failed step: no step before */
 	TimestampTz next_purge_at;
 	long		report_timeout_ms;	/* message.timeout.ms plus a margin */
-	TimestampTz last_fetch_at;	/* start of the last refill */
-	TimestampTz refill_due_at;	/* a deferred refill: due then (else 0) */
 	int64	   *send_alone;		/* ids to send one at a time, ascending */
 	int			nsend_alone;
 } Publisher;
@@ -577,43 +568,15 @@ produce_row(Publisher *p, int i)
 	}
 }
 
-/*
- * Under a backlog, refill once a quarter of the pipeline is free, not at
- * every report: each walk re-reads the rows in flight (they are still
- * pending), so refilling a few slots at a time cost a walk of the whole
- * pipeline per few rows.  A pipeline less than three quarters full (any
- * steady rate below a backlog) is refilled at once, so no latency is added;
- * and a refill is deferred REFILL_DEFER_MS at most, so rows stuck in flight
- * (a downed leader) never hold the other aggregates back for longer.
- */
-static bool
-refill_deferred(Publisher *p, int used, int nwant)
-{
-	if (used == 0 || nwant >= Max(1, cs_publisher_batch_size / 4))
-		return false;
-	p->refill_due_at = TimestampTzPlusMilliseconds(p->last_fetch_at, REFILL_DEFER_MS);
-	if (GetCurrentTimestamp() >= p->refill_due_at)
-	{
-		p->refill_due_at = 0;
-		return false;
-	}
-	return true;
-}
-
 /* Step 2 and 3: fill the free slots from the outbox and produce them. */
 static void
 fetch_and_produce(Publisher *p)
 {
 	FetchArgs	args;
-	int			used = pipeline_used(p);
-	int			nwant = cs_publisher_batch_size - used;
+	int			nwant = cs_publisher_batch_size - pipeline_used(p);
 
-	p->refill_due_at = 0;		/* set again below if still deferred */
 	if (nwant <= 0 || GetCurrentTimestamp() < p->db_retry_at)
 		return;
-	if (refill_deferred(p, used, nwant))
-		return;
-	p->last_fetch_at = GetCurrentTimestamp();
 	if (p->nsend_alone > 0)
 	{
 		if (p->in_flight > 0 || p->done > 0)
@@ -1071,8 +1034,6 @@ next_wakeup_ms(Publisher *p)
 	due = Min(due, p->next_purge_at);
 	if (p->done > 0)
 		due = Min(due, p->db_retry_at);
-	if (p->refill_due_at != 0)
-		due = Min(due, p->refill_due_at);
 	for (int i = 0; i < p->capacity; i++)
 	{
 		OutboxRow  *row = &p->rows[i];

@@ -149,7 +149,19 @@ wait_for_prerequisites(Consumer *c)
 		cs_shmem_set_error(c->slot, "");
 }
 
-/* Tunable consumer defaults; citizen_sync.kafka_properties may override them. */
+/*
+ * Tunable consumer defaults; citizen_sync.kafka_properties may override them.
+ *
+ * fetch.wait.max.ms is the one trade-off between latency and idle cost.  A
+ * Kafka broker answers a fetch as soon as data arrives (fetch purgatory), so
+ * against real brokers a long wait costs no latency: set
+ * fetch.wait.max.ms=500 in citizen_sync.kafka_properties and an idle
+ * consumer sends two fetch requests a second instead of a hundred, while
+ * the worker still wakes on the first message (the queue's fd is in its wait
+ * set, cs_worker.c).  librdkafka's mock broker -- the embedded broker of the
+ * tests and benchmarks -- does not cut the wait short: there a long wait is
+ * the latency of the first message after a pause, hence 10 ms by default.
+ */
 static const char *const consumer_defaults[] = {
 	"auto.offset.reset", "earliest",	/* used only when a group has no offset at all */
 	"queued.max.messages.kbytes", "16384",	/* bounded prefetch: 16 MB */

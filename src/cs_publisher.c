@@ -456,6 +456,7 @@ fetch_step(void *arg)
 	AggregateKey *keys = palloc(sizeof(AggregateKey) * a->nwant);
 	int			nids;
 	int			from = 0;
+	int			k = 0;
 	Datum		values[2];
 	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
 
@@ -477,12 +478,12 @@ fetch_step(void *arg)
 			int64		id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
 			int			i = next_free_slot(p, &from);
 			OutboxRow  *row;
-			int			k;
 
 			if (i < 0)
 				break;
-			for (k = 0; k < nids && DatumGetInt64(ids[k]) != id; k++)
-				;
+			/* both in id order: one pass over ids (was a search per row) */
+			while (k < nids - 1 && DatumGetInt64(ids[k]) < id)
+				k++;
 			row = &p->rows[i];
 			row->id = id;
 			row->aggregate = keys[Min(k, nids - 1)];

@@ -330,6 +330,11 @@ if [ "${SKIP_NAIVE:-0}" != 1 ]; then
     ratio=$(sql bench "SELECT round(((SELECT seconds FROM bench_result WHERE method = 'naive_per_event')
                                    / (SELECT seconds FROM bench_result WHERE method = 'apply_events'))::numeric, 2)")
     info "speed-up of apply_events over the per-event baseline: ${ratio}x"
+    read -r r_set r_naive < <(sql bench "SELECT round(sum(events / seconds) FILTER (WHERE method = 'apply_events')),
+                                                round(sum(events / seconds) FILTER (WHERE method = 'naive_per_event'))
+                                           FROM bench_result" | tr '|' ' ')
+    bench_result "apply core: apply_events(), events/s ($EVENTS events, end states $END_STATE)" "$r_set" \
+        "seed's per-event SQL (PL/pgSQL), events/s" "$r_naive"
     info "end states identical: $END_STATE"
     [ "$END_STATE" = IDENTICAL ] || exit 1
 fi

@@ -236,6 +236,9 @@ SQL
 fi
 
 say "summary"
+bench_result "consumer worker: backlog, events/s ($EVENTS events, batch_size $BATCH_SIZE)" "$CONSUMER_RATE" \
+    "apply_events() on the same events, events/s" "${APPLY_RATE:-}" "(issue 11: >= 1.25x the set-based SQL limit)"
+[ -z "${KCAT_RATE:-}" ] || bench_result "consumer worker: backlog, events/s" "$CONSUMER_RATE" "kcat -C raw consume, msg/s" "$KCAT_RATE"
 info "consumer worker:  ${CONSUMER_RATE} events/s ($EVENTS events, batch_size $BATCH_SIZE)"
 [ -z "${KCAT_RATE:-}" ] || info "kcat -C raw:      ${KCAT_RATE} msg/s"
 [ -z "${APPLY_RATE:-}" ] || info "apply_events():   ${APPLY_RATE} events/s (same events, batches of $BATCH_SIZE)"

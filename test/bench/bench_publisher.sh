@@ -53,6 +53,8 @@ LAT_SECONDS=${LAT_SECONDS:-15}
 LAT_CLIENTS=${LAT_CLIENTS:-4}
 TOPIC=gov.auth.citizen
 HALF=$((ROWS / 2))
+ONBOARD=${ONBOARD:-0}
+LAT_LINES=()
 
 bench_require python3 kcat broker
 [ -x "$PGBIN/pgbench" ] || die "no pgbench in $PGBIN"
@@ -150,7 +152,26 @@ wait_published() {
         sleep "$POLL"
     done
 }
+# PERF=FILE: perf record (call graphs) of the publisher while it relays the
+# backlog (perf report -i FILE).
+PERF_PID=
+if [ -n "${PERF:-}" ]; then
+    pub_pid=0
+    for _ in $(seq 100); do
+        pub_pid=$(sql auth_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'publisher'")
+        [ "$pub_pid" != 0 ] && break
+        sleep 0.1   # polling for the worker's start (deadline: 10 s)
+    done
+    perf record -F 499 -g -p "$pub_pid" -o "$PERF" >/dev/null 2>&1 &
+    PERF_PID=$!
+    BENCH_PIDS+=("$PERF_PID")
+fi
 wait_published
+if [ -n "$PERF_PID" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+    BENCH_PIDS=()
+    info "perf profile of the publisher: $PERF"
+fi
 read -r total_s steady_s steady_rows rounds run_rows run_s < <(sql auth_db "
     WITH b AS (SELECT min(published_at) AS first, max(published_at) AS last,
                       count(DISTINCT published_at) AS rounds FROM citizen_sync.outbox),
@@ -198,6 +219,10 @@ if [ "${SKIP_LATENCY:-0}" != 1 ]; then
     t1=$(now_s)
     info "caught up in $(calc "round($t1 - $t0, 1)") s (including the group join)"
 
+    # latency_run TPS: pgbench at TPS transactions/s for LAT_SECONDS s; sets
+    # LAT_LINE and LAT_P99.
+    latency_run() {
+    local LAT_TPS=$1 first_new r0 retained end lat ncommit nvis p50 p95 p99 mx pub50 pub99
     say "latency: pgbench, $LAT_TPS transactions/s for $LAT_SECONDS s, each an UPDATE of one citizen"
     cat >"$BENCH_TMP/update.sql" <<SQL
 \\set id random(1, $HALF)
@@ -221,7 +246,7 @@ SQL
     read -r retained end < <(broker_retained "$TOPIC")
     wait_consumer "$end"
 
-    psql_db auth_db -c "COPY (SELECT 'evt_' || l.outbox_id,
+    psql_db auth_db -c "COPY (SELECT format('evt_%s_%s', o.id, (extract(epoch FROM o.created_at) * 1000000)::int8),
                                      extract(epoch FROM pg_xact_commit_timestamp(l.xmin)),
                                      extract(epoch FROM o.published_at)
                                 FROM lat_log l JOIN citizen_sync.outbox o ON o.id = l.outbox_id
@@ -248,9 +273,101 @@ SQL
     LAT_LINE="p50 $p50 ms, p95 $p95 ms, p99 $p99 ms, max $mx ms ($nvis of $ncommit transactions)"
     info "commit-to-visible (auth_db commit to permits_db commit): $LAT_LINE"
     info "of which commit to published_at (publisher's marking round): p50 $pub50 ms, p99 $pub99 ms"
+    LAT_P99=$p99
+    }
+
+    for tps in ${LAT_TPS_LIST:-1000 5000}; do
+        latency_run "$tps"
+        LAT_LINES+=("commit-to-visible at $tps tx/s: $LAT_LINE")
+        bench_result "commit-to-visible p99 at $tps tx/s (pgbench, $LAT_CLIENTS clients), ms" "$LAT_P99" \
+            "aim, ms" "$([ "$tps" -le 1000 ] && echo 10 || echo 50)" "ratio <= 1"
+    done
+
+    # Idle cost: CPU of the caught-up consumer over IDLE_SECONDS with nothing
+    # to consume, utime + stime of /proc/<pid>/stat (all its threads).
+    IDLE_SECONDS=${IDLE_SECONDS:-60}
+    say "idle consumer: CPU over $IDLE_SECONDS s with nothing to consume"
+    cpid=$(sql permits_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'consumer'")
+    # idle_cpu PID: % of a core PID used over IDLE_SECONDS (utime + stime)
+    idle_cpu() {
+        local c0 c1
+        c0=$(awk '{print $14 + $15}' "/proc/$1/stat")
+        sleep "$IDLE_SECONDS"   # the measurement interval
+        c1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+        calc "round(100.0 * ($c1 - $c0) / $(getconf CLK_TCK) / $IDLE_SECONDS, 3)"
+    }
+    IDLE_PCT=$(idle_cpu "$cpid")
+    info "consumer pid $cpid: $IDLE_PCT% of a core"
+    LAT_LINES+=("idle consumer: $IDLE_PCT% of a core")
+    bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core (fetch.wait.max.ms default 10)" "$IDLE_PCT" \
+        "aim, %" "0.2" "ratio <= 1"
+    # The same with the setting for real brokers (README: fetch.wait.max.ms):
+    # a restarted consumer with fetch.wait.max.ms=500 (IDLE_LONG_WAIT=0 skips).
+    if [ "${IDLE_LONG_WAIT:-1}" = 1 ]; then
+        psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.kafka_properties = 'session.timeout.ms=6000;fetch.wait.max.ms=500'" \
+            -c 'SELECT pg_reload_conf()' -c "SELECT pg_terminate_backend($cpid)" >/dev/null
+        start=$(date +%s); npid=0
+        while :; do
+            npid=$(sql permits_db "SELECT coalesce(max(pid), 0) FROM citizen_sync.worker_stats WHERE kind = 'consumer' AND state = 'running'" 2>/dev/null || echo 0)
+            [ "${npid:-0}" != 0 ] && [ "$npid" != "$cpid" ] && break
+            [ $(($(date +%s) - start)) -lt 60 ] || die "no restarted consumer after 60 s"
+            sleep "$POLL"
+        done
+        sleep 10    # group join and first fetches, not measured
+        IDLE_LONG=$(idle_cpu "$npid")
+        info "restarted consumer pid $npid, fetch.wait.max.ms=500: $IDLE_LONG% of a core"
+        LAT_LINES+=("idle consumer with fetch.wait.max.ms=500: $IDLE_LONG% of a core")
+        bench_result "idle consumer CPU over $IDLE_SECONDS s, % of a core (fetch.wait.max.ms=500, for real brokers)" \
+            "$IDLE_LONG" "aim, %" "0.2" "ratio <= 1"
+        psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.kafka_properties = 'session.timeout.ms=6000'" \
+            -c 'SELECT pg_reload_conf()' >/dev/null
+    fi
+fi
+
+# Onboarding a new service: the source gets ONBOARD citizens in all (those
+# above ROWS/2 inserted and published first, untimed); then a fresh database
+# joins (its consumer reads the topic from the start) and resync()
+# republishes every citizen; the figure runs from that moment until the new
+# cache holds all of them (resync transaction, publisher, consumer).
+if [ "$ONBOARD" -gt 0 ] && [ "${SKIP_LATENCY:-0}" != 1 ]; then
+    if [ "$ONBOARD" -gt "$HALF" ]; then
+        say "onboarding: $((ONBOARD - HALF)) more citizens in the source (published, not timed)"
+        sql auth_db "INSERT INTO citizens
+            SELECT i, 'Citizen ' || i, 'citizen' || i || '@example.gov', '+1-555-' || lpad((i % 10000)::text, 4, '0'),
+                   (i % 900 + 100) || ' Elm St, apartment ' || i % 50, 'Springfield', (10000 + i % 89999)::text,
+                   i % 2 = 0, i % 3 = 0
+              FROM generate_series($HALF + 1, $ONBOARD) i" >/dev/null
+        wait_published
+    fi
+    NCIT=$(sql auth_db 'SELECT count(*) FROM citizens')
+    say "onboarding: a fresh cache (onboard_db), resync of the $NCIT citizens of the source"
+    sql postgres 'CREATE DATABASE onboard_db' >/dev/null
+    psql_db onboard_db -c 'CREATE EXTENSION citizen_sync' \
+        -c "SELECT citizen_sync.create_service_roles('onboard')" >/dev/null
+    t0=$(now_s)
+    psql_db auth_db -c "ALTER SYSTEM SET citizen_sync.databases = 'permits_db:permits_sync_user,onboard_db:onboard_sync_user'" \
+        -c 'SELECT pg_reload_conf()' -c "SELECT citizen_sync.resync('citizen')" >/dev/null
+    t1=$(now_s)
+    info "resync() wrote $NCIT outbox rows in $(calc "round($t1 - $t0, 1)") s"
+    start=$(date +%s)
+    while :; do
+        n=$(sql onboard_db 'SELECT count(*) FROM cache.citizen_refs' 2>/dev/null || echo 0)
+        [ "${n:-0}" -ge "$NCIT" ] && break
+        [ $(($(date +%s) - start)) -lt "$TIMEOUT" ] || die "timeout: onboard_db holds ${n:-?} of $NCIT citizens"
+        sleep "$POLL"
+    done
+    t2=$(now_s)
+    ONBOARD_S=$(calc "round($t2 - $t0, 1)")
+    ONBOARD_LINE="$NCIT citizens in $ONBOARD_S s end to end ($(calc "round($NCIT / ($t2 - $t0))") citizens/s; resync() $(calc "round($t1 - $t0, 1)") s)"
+    info "onboarding: $ONBOARD_LINE"
+    bench_result "onboarding: resync of $NCIT citizens until a fresh cache holds them all, s" "$ONBOARD_S" \
+        "aim (1,000,000 citizens), s" "30" "ratio <= 1 at 1,000,000"
 fi
 
 say "summary"
+bench_result "publisher: backlog, rows/s steady ($ROWS rows)" "$PUB_STEADY" "kcat -P of the same messages, msg/s" \
+    "$KCAT_RATE" "ratio >= 0.35"
 info "publisher:  $PUB_RATE rows/s from reload, $PUB_STEADY rows/s steady, $PUB_RUN rows/s without stalls ($ROWS rows, $RESTARTS watchdog restarts)"
 info "kcat -P:    $KCAT_RATE msg/s (same messages)"
-[ -z "${LAT_LINE:-}" ] || info "commit-to-visible at $LAT_TPS tx/s: $LAT_LINE"
+for l in "${LAT_LINES[@]}"; do info "$l"; done
+[ -z "${ONBOARD_LINE:-}" ] || info "onboarding: $ONBOARD_LINE"

@@ -173,3 +173,19 @@ bench_machine() {
     info "server:  $("$PGBIN/postgres" --version), shared_buffers=${BENCH_SHARED_BUFFERS:-512MB}," \
          "fsync/synchronous_commit at defaults (on)"
 }
+
+# bench_result FIGURE VALUE [BASELINE_NAME BASELINE_VALUE [AIM]]: one row of
+# the figures table that run_all.sh writes (test/bench/results.md), appended
+# as tab-separated fields to $BENCH_RESULTS when it is set (a script run on
+# its own only prints).  VALUE and BASELINE_VALUE are plain numbers (rates,
+# milliseconds, percent); the ratio VALUE / BASELINE_VALUE is computed here.
+bench_result() {
+    local figure=$1 value=$2 bname=${3:-} bvalue=${4:-} aim=${5:-} ratio=
+    [ -n "$value" ] || value=n/a
+    if [ "$value" != n/a ] && [ -n "$bvalue" ] && [ "$bvalue" != 0 ]; then
+        ratio=$(calc "round($value / $bvalue, 2)")
+    fi
+    info "figure: $figure = $value${bname:+ (baseline $bname = $bvalue, ratio $ratio)}"
+    [ -z "${BENCH_RESULTS:-}" ] ||
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$figure" "$value" "$bname" "$bvalue" "$ratio" "$aim" >>"$BENCH_RESULTS"
+}

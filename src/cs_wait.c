@@ -129,6 +129,13 @@ typedef struct WaitCheck
 	Oid			owner;			/* of the extension's internal tables */
 } WaitCheck;
 
+static char *
+qualified_name(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
+}
+
 static void
 argument_error(const char *msg, const char *hint)
 {
@@ -257,7 +264,7 @@ prepare_check(Oid target, const char *key, int64 version, WaitCheck *check)
 	if (pg_class_aclcheck(target, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to wait for table %s", get_rel_name(target)),
+				 errmsg("permission denied to wait for table %s", qualified_name(target)),
 				 errdetail("wait_for reads the cached row as its caller."),
 				 errhint("Grant SELECT on the table to the role (the service and readonly roles have it on schema cache).")));
 	internal_table("subscription_catalog", &owner);
@@ -266,7 +273,7 @@ prepare_check(Oid target, const char *key, int64 version, WaitCheck *check)
 	if (column == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("table %s is not subscribed", get_rel_name(target)),
+				 errmsg("table %s is not subscribed", qualified_name(target)),
 				 errdetail("citizen_sync.subscriptions lists the subscribed tables of this database."),
 				 errhint("Subscribe the table with citizen_sync.subscribe() or pass a subscribed one.")));
 	attnum = get_attnum(target, column);
@@ -280,10 +287,9 @@ prepare_check(Oid target, const char *key, int64 version, WaitCheck *check)
 
 	row_types[0] = keytype;
 	row_types[1] = INT8OID;
-	sql = psprintf("SELECT 1 FROM %s.%s WHERE %s OPERATOR(pg_catalog.=) $1"
+	sql = psprintf("SELECT 1 FROM %s WHERE %s OPERATOR(pg_catalog.=) $1"
 				   " AND event_version OPERATOR(pg_catalog.>=) $2",
-				   quote_identifier(get_namespace_name(get_rel_namespace(target))),
-				   quote_identifier(get_rel_name(target)), quote_identifier(column));
+				   qualified_name(target), quote_identifier(column));
 	check->row_plan = SPI_prepare(sql, 2, row_types);
 	if (check->row_plan == NULL)
 		elog(ERROR, "citizen_sync: preparing wait_for's row check failed: %s",
@@ -455,6 +461,8 @@ void
 cs_wait_notify_changes(const CsEvent *events, const CsApplyResult *results, int n)
 {
 	static SPIPlanPtr plan = NULL;
+	Oid			notify_relid;
+	Oid			owner;
 	bool		any = false;
 	SPITupleTable *tuptable;
 	uint64		rows;
@@ -463,6 +471,10 @@ cs_wait_notify_changes(const CsEvent *events, const CsApplyResult *results, int 
 		any = events[i].sub >= 0 &&
 			(results[i] == CS_RESULT_APPLIED || results[i] == CS_RESULT_DELETED);
 	if (!any)
+		return;
+	/* set_notify() grants it; without it nothing was opted in for us */
+	notify_relid = internal_table("subscription_notify", &owner);
+	if (pg_class_aclcheck(notify_relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		return;
 	if (plan == NULL)
 	{

@@ -20,8 +20,8 @@ COMMENT ON FUNCTION @extschema@.wait_for(regclass, text, bigint, interval) IS
 -- Change notifications, opt-in per subscription: the consumer NOTIFYs channel
 -- in each batch's transaction with {"target", "applied": [keys], "deleted":
 -- [keys]}, or {"target", "reread": true} past max_keys changed keys or
--- NOTIFY's 8000-byte payload.  Readable by everyone: any role connected to the
--- database may LISTEN on any channel anyway.
+-- NOTIFY's 8000-byte payload.  set_notify() grants SELECT on it to the
+-- consumer's role (a consumer that may not read it notifies nothing).
 CREATE TABLE @extschema@.subscription_notify (
     target   regclass PRIMARY KEY
              REFERENCES @extschema@.subscription_catalog (target) ON DELETE CASCADE,
@@ -31,7 +31,6 @@ CREATE TABLE @extschema@.subscription_notify (
 COMMENT ON TABLE @extschema@.subscription_notify IS
     'Subscriptions whose applied changes are NOTIFYed (citizen_sync.set_notify())';
 REVOKE ALL ON @extschema@.subscription_notify FROM PUBLIC;
-GRANT SELECT ON @extschema@.subscription_notify TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.subscription_notify', '');
 
 -- Opt target's subscription in to change notifications on channel (NULL:
@@ -42,6 +41,8 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    role name := @extschema@.consumer_role();
 BEGIN
     IF target IS NULL THEN
         PERFORM @extschema@.subscription_error('set_notify target must not be null',
@@ -68,6 +69,9 @@ BEGIN
         PERFORM @extschema@.subscription_error(format('invalid max_keys %s', COALESCE(max_keys::text, 'NULL')),
             'max_keys is how many changed keys a notification lists before it becomes a re-read marker.',
             'Pass a number between 0 and 1000.');
+    END IF;
+    IF role IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role AND NOT r.rolsuper) THEN
+        EXECUTE format('GRANT SELECT ON @extschema@.subscription_notify TO %I', role);
     END IF;
     INSERT INTO @extschema@.subscription_notify AS n (target, channel, max_keys)
     VALUES (set_notify.target, set_notify.channel, set_notify.max_keys)

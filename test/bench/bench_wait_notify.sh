@@ -12,7 +12,9 @@
 #    produced by a new kcat -P per event (upper bound: includes its start).  Latency =
 #    the time wait_for returned true (clock_timestamp() in the session) minus
 #    the send time: broker, consumer batch, commit, wake-up and re-read.
-#    Prints p50/p95/p99/max.  Then permits_db is dropped (its consumer with it).
+#    Also the wake-up alone: wait_for's return minus the commit time of the
+#    batch that applied the row (track_commit_timestamp = on).
+#    Prints p50/p95/p99/max of both.  Then permits_db is dropped (its consumer with it).
 # 2. Notifications at full rate: EVENTS events (gen_events.py, CITIZENS
 #    citizens) pre-loaded in topic gov.auth.citizen (after the WAITS events
 #    of part 1); two service databases of
@@ -41,7 +43,8 @@ bench_machine
 
 broker_start "$TOPIC:$PARTITIONS"
 
-pg_init "citizen_sync.brokers = '$BOOTSTRAP'" \
+pg_init "track_commit_timestamp = on" \
+        "citizen_sync.brokers = '$BOOTSTRAP'" \
         "citizen_sync.databases = 'permits_db:permits_sync_user, plain_db:plain_sync_user, notify_db:notify_sync_user'" \
         "citizen_sync.kafka_properties = 'session.timeout.ms=6000'" \
         "citizen_sync.batch_size = $BATCH_SIZE"

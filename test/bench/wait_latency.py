@@ -9,7 +9,10 @@ produced by a new `kcat -P` (--kcat, a JSON list; one process per event: a
 long-lived kcat reading a pipe holds single lines back) and the send time is
 taken just before it starts, so the figure includes kcat's start and broker
 connection (an upper bound).  The session's answer carries the time wait_for
-returned (same clock).  Prints p50/p95/p99/max and how many returned false.
+returned (same clock) and the commit time of the batch that applied the row
+(pg_xact_commit_timestamp: track_commit_timestamp = on), so the wake-up alone,
+commit -> wait_for true, is printed too.  Prints p50/p95/p99/max of both and
+how many returned false.
 """
 import argparse, json, subprocess, time
 
@@ -24,11 +27,13 @@ a = ap.parse_args()
 psql = subprocess.Popen(json.loads(a.psql), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                         text=True, bufsize=1)
 kcat_cmd = json.loads(a.kcat)
-lat, false = [], 0
+lat, wake, false = [], [], 0
 for i in range(a.waits):
     cid = a.first + i
     psql.stdin.write("SELECT citizen_sync.wait_for('cache.citizen_refs', '%d', 1, '10 s'),"
-                     " extract(epoch FROM clock_timestamp());\n" % cid)
+                     " extract(epoch FROM clock_timestamp()),"
+                     " (SELECT extract(epoch FROM pg_catalog.pg_xact_commit_timestamp(xmin))"
+                     " FROM cache.citizen_refs WHERE citizen_id = %d);\n" % (cid, cid))
     psql.stdin.flush()
     time.sleep(a.settle / 1000.0)
     ev = ('{"event_type":"citizen.created","event_id":"wait_%d","event_version":1,'
@@ -36,13 +41,18 @@ for i in range(a.waits):
           '"snapshot":{"id":%d,"name":"Citizen %d","email":"c%d@example.gov"}}}') % (cid, cid, cid, cid, cid)
     sent = time.time()
     subprocess.run(kcat_cmd, input="citizen_%d\t%s\n" % (cid, ev), text=True, check=True)
-    ok, ret = psql.stdout.readline().strip().split('|')
+    ok, ret, commit = psql.stdout.readline().strip().split('|')
     if ok != 't':
         false += 1
         continue
     lat.append((float(ret) - sent) * 1000.0)
+    wake.append((float(ret) - float(commit)) * 1000.0)
 psql.stdin.close(); psql.wait()
-lat.sort()
-q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float('nan')
-print("wait_for: %d waits, %d false; send -> wait_for true: p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms"
-      % (a.waits, false, q(0.50), q(0.95), q(0.99), lat[-1] if lat else float('nan')))
+def pct(xs, what):
+    xs = sorted(xs)
+    q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float('nan')
+    print("%s: p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms"
+          % (what, q(0.50), q(0.95), q(0.99), xs[-1] if xs else float('nan')))
+print("wait_for: %d waits, %d false" % (a.waits, false))
+pct(lat, "send -> wait_for true (includes kcat's start)")
+pct(wake, "consumer commit -> wait_for true (the wake-up)")

@@ -80,7 +80,8 @@ drain() {
         sleep 0.5   # poll interval of a benchmark, bounded by TIMEOUT
     done
     sql "$db" "SELECT round(extract(epoch FROM s.last_batch_at - (SELECT min(processed_at) FROM cache.processed_events))::numeric, 2),
-                      s.batches FROM citizen_sync.consumer_stats s" | tr '|' ' '
+                      s.batches FROM citizen_sync.consumer_stats s
+                WHERE s.database = pg_catalog.current_database()" | tr '|' ' '
 }
 
 say "notifications off: plain_db drains the backlog"

@@ -33,8 +33,8 @@ for i in range(a.waits):
     psql.stdin.write("SELECT citizen_sync.wait_for('cache.citizen_refs', '%d', 1, '10 s'),"
                      " extract(epoch FROM clock_timestamp());\n"
                      # a statement of its own: a new snapshot, which sees the row
-                     "SELECT extract(epoch FROM pg_catalog.pg_xact_commit_timestamp(xmin))"
-                     " FROM cache.citizen_refs WHERE citizen_id = %d;\n" % (cid, cid))
+                     "SELECT (SELECT extract(epoch FROM pg_catalog.pg_xact_commit_timestamp(xmin))"
+                     " FROM cache.citizen_refs WHERE citizen_id = %d);\n" % (cid, cid))
     psql.stdin.flush()
     time.sleep(a.settle / 1000.0)
     ev = ('{"event_type":"citizen.created","event_id":"wait_%d","event_version":1,'

@@ -188,14 +188,21 @@ my $listener = IPC::Run::start(
 	'<', \$lin, '>', \$lout, '2>', \$lerr);
 my $sync_n = 0;
 
-# Everything the listener received so far: the payloads in order.
+# Everything the listener received so far: the payloads in order, once at
+# least $want arrived (psql prints a notification after the command during
+# or after which its backend passed it on: sync queries until then).
 sub notifications
 {
-	$sync_n++;
-	$lin .= "SELECT 'sync$sync_n';\n";
+	my ($want) = @_;
 	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
-	$listener->pump until $lout =~ /^sync$sync_n$/m || time > $deadline;
-	my @p = $lout =~ /Asynchronous notification "citizen_changes" with payload "(.*)" received/g;
+	my @p;
+	do
+	{
+		$sync_n++;
+		$lin .= "SELECT 'sync$sync_n';\n";
+		$listener->pump until $lout =~ /^sync$sync_n$/m || time > $deadline;
+		@p = $lout =~ /Asynchronous notification "citizen_changes" with payload "(.*)" received/g;
+	} while (@p < ($want // 0) && time < $deadline);
 	return @p;
 }
 $lin .= "LISTEN citizen_changes;\n";
@@ -207,7 +214,7 @@ for my $cid (1, 2, 3)
 	produce_citizens(citizen($cid, 1));
 	wait_version($cid, 1);
 }
-my @p = notifications();
+my @p = notifications(3);
 is_deeply(
 	\@p,
 	[
@@ -237,7 +244,7 @@ produce_citizens(citizen(3, 2, 'deleted'));
 ok($node->wait_for_log(qr/injected batch failure/, $log_offset), 'the batch failed');
 $node->safe_psql($db, q{DELETE FROM public.fail_next});
 wait_version(3, 2);
-@p = notifications();
+@p = notifications(4);
 is_deeply(
 	[ @p[ 3 .. $#p ] ],
 	['{"target": "cache.citizen_refs", "applied": [], "deleted": ["3"]}'],
@@ -248,7 +255,7 @@ $node->safe_psql($db, q{DROP TRIGGER fail_if_asked ON cache.citizen_refs});
 $node->safe_psql($db, q{SELECT citizen_sync.set_notify('cache.citizen_refs', 'citizen_changes', max_keys => 0)});
 produce_citizens(citizen(4, 1));
 wait_version(4, 1);
-@p = notifications();
+@p = notifications(5);
 is($p[-1], '{"target": "cache.citizen_refs", "reread": true}', 'past max_keys: the re-read marker');
 
 # opted out: nothing more
@@ -256,7 +263,7 @@ $node->safe_psql($db, q{SELECT citizen_sync.set_notify('cache.citizen_refs', NUL
 my $before = scalar @p;
 produce_citizens(citizen(5, 1));
 wait_version(5, 1);
-@p = notifications();
+@p = notifications($before + 1);    # waits its deadline: none comes
 is(scalar @p, $before, 'opted out: no notification');
 
 $lin .= "\\q\n";

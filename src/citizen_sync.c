@@ -12,6 +12,7 @@
 #include "cs_guc.h"
 #include "cs_settings.h"
 #include "cs_shmem.h"
+#include "cs_wait.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -49,6 +50,7 @@ _PG_init(void)
 	cs_guc_define();
 	cs_settings_check_startup();
 	cs_shmem_init();
+	cs_wait_shmem_init();
 	if (!IsBinaryUpgrade)
 		register_launcher();
 }

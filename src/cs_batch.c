@@ -23,6 +23,7 @@
 #include "cs_dead_letter.h"
 #include "cs_offsets.h"
 #include "cs_subscription.h"
+#include "cs_wait.h"
 #include "cs_worker.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -272,8 +273,9 @@ tally(const CsEvent *events, const CsApplyResult *results, int n,
  *
  * This is also where a committed batch's changes are known per target: the
  * events with result APPLIED or DELETED of subscription s changed the keys
- * events[i].key of cs_subscription_get(s)->target (for read-your-writes and
- * change notifications, to be built here).
+ * events[i].key of cs_subscription_get(s)->target: cs_wait_notify_changes()
+ * queues their notifications next, cs_wait_wake() wakes wait_for() after
+ * the commit.
  */
 static void
 store_subscription_stats(const CsEvent *events, const CsApplyResult *results, int n)
@@ -353,8 +355,10 @@ cs_batch_apply(const char *group_id, const CsMessage *msgs, int n,
 	pos.n = n;
 	tally(events, results, n, outcome);
 	store_subscription_stats(events, results, n);
+	cs_wait_notify_changes(events, results, n);
 	cs_offsets_store(group_id, msgs, n);
 
 	error_context_stack = errcallback.previous;
 	cs_tx_commit();
+	cs_wait_wake();
 }

@@ -78,8 +78,12 @@ DROP FUNCTION public.to_jsonb(anyelement);
 
 -- no consumer: freshness unknown, no partitions held
 SELECT citizen_sync.subscription_fresh_as_of('cache.staff') AS fresh_as_of;
-SELECT target, aggregate_type, topic, partitions, lag, fresh_as_of
+SELECT target, aggregate_type, topic, partitions, lag, fresh_as_of, applied, dead_lettered
   FROM citizen_sync.subscription_lag ORDER BY target::text;
+-- the monitoring role reads it
+SET ROLE citizen_sync_monitor;
+SELECT count(*) AS monitor_sees FROM citizen_sync.subscription_lag;
+RESET ROLE;
 
 REVOKE ALL ON SCHEMA cache, citizen_sync FROM subops_reader;
 REVOKE ALL ON cache.staff FROM subops_reader;

@@ -144,21 +144,27 @@ $$;
 COMMENT ON FUNCTION @extschema@.read_for_critical(regclass, text, interval) IS
     'Critical read: the cached row of a subscription as jsonb if known current within max_age, else an error (CS001 stale, CS002 missing)';
 
--- Lag per subscription of this database: the partitions of its topic the
--- consumer holds, their summed lag (high watermark - next offset) and the
--- topic's fresh_as_of.  partitions 0 and lag NULL: not assigned (yet).
+-- Lag and metrics per subscription of this database: the partitions of its
+-- topic the consumer holds, their summed lag (high watermark - next offset),
+-- the topic's fresh_as_of and its age, and the subscription's outcome
+-- counters.  partitions 0 and lag NULL: not assigned (yet).
 CREATE VIEW @extschema@.subscription_lag AS
     SELECT s.target, s.aggregate_type, s.topic,
            pg_catalog.count(l.partition)::int AS partitions,
            pg_catalog.sum(l.lag)::bigint AS lag,
-           @extschema@.subscription_fresh_as_of(s.target) AS fresh_as_of
+           f.ts AS fresh_as_of,
+           pg_catalog.date_part('epoch', pg_catalog.now() OPERATOR(pg_catalog.-) f.ts)::float8
+               AS fresh_as_of_age_seconds,
+           s.applied, s.deleted, s.stale, s.duplicate, s.ignored, s.dead_lettered, s.last_batch_at
       FROM @extschema@.subscriptions s
+      CROSS JOIN LATERAL (SELECT @extschema@.subscription_fresh_as_of(s.target) AS ts) f
       LEFT JOIN @extschema@.partition_stats_raw() l
         ON l.database OPERATOR(pg_catalog.=) pg_catalog.current_database()
        AND l.topic OPERATOR(pg_catalog.=) s.topic
-     GROUP BY s.target, s.aggregate_type, s.topic;
+     GROUP BY s.target, s.aggregate_type, s.topic, f.ts, s.applied, s.deleted, s.stale,
+              s.duplicate, s.ignored, s.dead_lettered, s.last_batch_at;
 COMMENT ON VIEW @extschema@.subscription_lag IS
-    'Per subscription of this database: partitions held, summed lag and fresh_as_of of its topic';
+    'Per subscription of this database: partitions held, summed lag, fresh_as_of of its topic and outcome counters';
 
 -- Service side: compare the cache table of a subscription with the source
 -- (auth) database reached with source_conninfo, by key (text form) and

@@ -366,10 +366,27 @@ SELECT string_agg(oid::regprocedure::text, ' ' ORDER BY oid::regprocedure::text)
 	'citizen_sync.capture_row() citizen_sync.current_version(text,text) citizen_sync.guard_captures()',
 	'citizen_sync_capture owns the capture trigger function, current_version() and the event trigger function only');
 is($node->safe_psql('auth_db', q{
+SELECT string_agg(oid::regprocedure::text, ' ' ORDER BY oid::regprocedure::text) FROM pg_proc
+ WHERE proowner = 'citizen_sync_reader'::regrole}),
+	'citizen_sync.subscription_fresh_as_of(regclass) citizen_sync.subscription_target(regclass)',
+	'citizen_sync_reader owns the two subscription lookups only');
+is($node->safe_psql('auth_db', q{
+SELECT string_agg(c.oid::regclass || ':' || p.priv, ' ' ORDER BY c.oid::regclass::text, p.priv)
+  FROM pg_class c
+ CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(priv)
+ WHERE c.relkind IN ('r', 'v', 'p', 'm', 'f')
+   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+   AND has_table_privilege('citizen_sync_reader', c.oid, p.priv)}),
+	'citizen_sync.subscription_catalog:SELECT citizen_sync.subscriptions:SELECT',
+	'citizen_sync_reader may read the subscription catalog only');
+is($node->safe_psql('auth_db', q{
+SELECT rolsuper::text || rolcanlogin::text || rolinherit::text FROM pg_roles WHERE rolname = 'citizen_sync_reader'}),
+	'falsefalsefalse', 'citizen_sync_reader: no superuser, no login, no inherit');
+is($node->safe_psql('auth_db', q{
 SELECT string_agg(oid::regprocedure::text, ' ' ORDER BY 1) FROM pg_proc
  WHERE prosecdef AND pronamespace = 'citizen_sync'::regnamespace
-   AND proowner <> 'citizen_sync_capture'::regrole}),
-	'', 'no SECURITY DEFINER function of the extension runs as anyone else');
+   AND proowner NOT IN ('citizen_sync_capture'::regrole, 'citizen_sync_reader'::regrole)}),
+	'', 'no SECURITY DEFINER function of the extension runs as anyone but its two dedicated roles');
 
 # --- the update from 0.1.0 ---------------------------------------------------------------
 # old_db still carries the attack's column: the update refuses to carry it over.

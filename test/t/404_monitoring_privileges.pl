@@ -72,7 +72,7 @@ for my $q (CitizenSync::Shipped::exporter_queries($root))
 
 my @views = qw(config_problems config_status consistency_status consumer_lag consumer_stats
   dead_letter_summary metrics_consumers metrics_dead_letters metrics_latency
-  metrics_latency_summary metrics_outbox metrics_publishers metrics_workers outbox_backlog sync_latency
+  metrics_latency_summary metrics_outbox metrics_publishers metrics_workers outbox_backlog subscription_lag sync_latency
   sync_latency_summary worker_counts worker_health worker_stats worker_up);
 is( $node->safe_psql($db, q{
 SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_class c

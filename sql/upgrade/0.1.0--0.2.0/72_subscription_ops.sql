@@ -1,0 +1,1 @@
+../../install/72_subscription_ops.sql

@@ -14,6 +14,7 @@
 #include "cs_config.h"
 #include "cs_guc.h"
 #include "cs_health.h"
+#include "cs_subscription.h"
 #include "cs_kafka_conf.h"
 #include "utils/timestamp.h"
 
@@ -60,41 +61,56 @@ count_brokers(json_object *root, int *known, int *up)
 }
 
 /*
- * Partitions of citizen_sync.topics in the client's metadata, or -1 when one
- * of them is not known yet.
+ * Partitions of one topic in the client's metadata, or -1 when it is not
+ * known yet.
+ */
+static int
+count_one_topic(json_object *all, const char *name)
+{
+	json_object *topic;
+	json_object *parts;
+	struct json_object_iterator it;
+	struct json_object_iterator end;
+	int			n = 0;
+
+	if (!json_object_object_get_ex(all, name, &topic) ||
+		!json_object_object_get_ex(topic, "partitions", &parts) ||
+		!json_object_is_type(parts, json_type_object))
+		return -1;
+	end = json_object_iter_end(parts);
+	for (it = json_object_iter_begin(parts); !json_object_iter_equal(&it, &end);
+		 json_object_iter_next(&it))
+		if (json_object_iter_peek_name(&it)[0] != '-')	/* "-1": unassigned queue */
+			n++;
+	return n > 0 ? n : -1;
+}
+
+/*
+ * Partitions of every topic this database subscribes to (the built-in
+ * subscription's citizen_sync.topics included) in the client's metadata, or
+ * -1 when one of them is not known yet.  Topic names cannot contain a comma.
  */
 static int
 count_topic_partitions(json_object *root)
 {
-	char		topics[CS_MAX_TOPICS][250];
-	char		errbuf[256];
-	int			ntopics = cs_parse_topics(cs_topics, topics, CS_MAX_TOPICS, errbuf, sizeof(errbuf));
-	json_object *all;
+	char	   *list = cs_subscription_topics();
+	json_object *all = NULL;
 	int			total = 0;
 
-	if (ntopics <= 0 || !json_object_object_get_ex(root, "topics", &all))
-		return -1;
-	for (int t = 0; t < ntopics; t++)
+	if (list[0] == '\0' || !json_object_object_get_ex(root, "topics", &all))
+		total = -1;
+	for (char *name = list; total >= 0 && name != NULL;)
 	{
-		json_object *topic;
-		json_object *parts;
-		struct json_object_iterator it;
-		struct json_object_iterator end;
-		int			n = 0;
+		char	   *comma = strchr(name, ',');
+		int			n;
 
-		if (!json_object_object_get_ex(all, topics[t], &topic) ||
-			!json_object_object_get_ex(topic, "partitions", &parts) ||
-			!json_object_is_type(parts, json_type_object))
-			return -1;
-		end = json_object_iter_end(parts);
-		for (it = json_object_iter_begin(parts); !json_object_iter_equal(&it, &end);
-			 json_object_iter_next(&it))
-			if (json_object_iter_peek_name(&it)[0] != '-')	/* "-1": unassigned queue */
-				n++;
-		if (n == 0)
-			return -1;
-		total += n;
+		if (comma)
+			*comma = '\0';
+		n = count_one_topic(all, name);
+		total = (n < 0) ? -1 : total + n;
+		name = comma ? comma + 1 : NULL;
 	}
+	pfree(list);
 	return total;
 }
 

@@ -111,6 +111,7 @@ my %DOCS = (
 	q{SELECT citizen_sync.capture('public.role_assignments', 'role', NULL, 'assignment_id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')}
 	  => { run => q{SELECT citizen_sync.capture('public.citizens', 'citizen', NULL, 'id', '{"insert": "assigned", "update": "assigned", "delete": "revoked"}')},
 		why => 'the example table does not exist here: the same call on the citizens table' },
+	'LISTEN citizen_changes' => { skip => 'LISTEN evaluates no expression' },
 	'GRANT USAGE ON SCHEMA citizen_sync TO auth_app' =>
 	  { skip => 'GRANT evaluates no expression; auth_app stands for the reader\'s application role' },
 	'GRANT EXECUTE ON FUNCTION citizen_sync.current_version(text, text) TO auth_app' =>

@@ -48,8 +48,6 @@ DUP=${DUP:-0.10}
 STALE=${STALE:-0.10}
 BATCH=${BATCH:-1000}
 SEED=${SEED:-42}
-BASELINE_REF=${BASELINE_REF-$(git -C "$REPO" log --format=%H --grep='^0.2.0 begins' 2>/dev/null | tail -1)}
-[ -z "$BASELINE_REF" ] || BASELINE_REF="$BASELINE_REF^"
 
 bench_require python3
 bench_setup apply
@@ -229,28 +227,13 @@ SQL
     info "end-state check: $END_STATE"
 fi
 
-pg_stop() {
-    runuser -u "$PGUSER_OS" -- "$PGBIN/pg_ctl" -D "$BENCH_TMP/data" -m fast -w stop >/dev/null
-    PG_STARTED=
-}
-
-# install_tree DIR: build and install the library and scripts of DIR.
-install_tree() {
-    make -s -C "$1" PG_CONFIG="$PG_CONFIG" >/dev/null 2>"$BENCH_TMP/make.err" &&
-        make -s -C "$1" PG_CONFIG="$PG_CONFIG" install >/dev/null 2>>"$BENCH_TMP/make.err" ||
-        { cat "$BENCH_TMP/make.err" >&2; die "building $1 failed"; }
-}
 
 # --- 5. 0.1.0's citizen path on the same stream --------------------------------
 BASE_STATE=skipped
 BASE_RESULT=
 if [ -n "$BASELINE_REF" ]; then
     say "0.1.0's citizen path ($(git -C "$REPO" log -1 --format='%h %s' "$BASELINE_REF" | cut -c1-60)), same stream"
-    mkdir -p "$BENCH_TMP/base"
-    git -C "$REPO" archive "$BASELINE_REF" | tar -x -C "$BENCH_TMP/base"
-    pg_stop
-    install_tree "$BENCH_TMP/base"
-    pg_start
+    install_baseline
     stage bench_base
     apply_all bench_base apply_events_0.1.0
     psql_db bench_base -c "$END_STATE_SQL ORDER BY citizen_id" >"$BENCH_TMP/state_0.1.0.txt"
@@ -260,9 +243,7 @@ if [ -n "$BASELINE_REF" ]; then
                                   method, round(events / seconds), applied, stale, duplicate)
                                   FROM bench_result")
     BASE_STATE="rows differing from the generic path's end state: $diff_base"
-    pg_stop
-    install_tree "$REPO"
-    pg_start
+    install_current
 fi
 
 # --- 6. three subscriptions at once -------------------------------------------

@@ -95,8 +95,9 @@ pg_init "track_commit_timestamp = on" \
 pg_start
 
 # stats: pid processed batches stored_offsets partitions state
+POLL_DB=permits_db
 consumer_poll() {
-    sql permits_db "SELECT s.pid, s.applied + s.deleted + s.stale + s.duplicate + s.ignored + s.dead_lettered,
+    sql "$POLL_DB" "SELECT s.pid, s.applied + s.deleted + s.stale + s.duplicate + s.ignored + s.dead_lettered,
                            s.batches, (SELECT coalesce(sum(next_offset), 0) FROM citizen_sync.consumer_offsets),
                            s.partitions, s.state
                       FROM citizen_sync.consumer_stats s" 2>/dev/null | head -1 | tr '|' ' '
@@ -235,12 +236,35 @@ SQL
     rss_report
 fi
 
+# --- 0.1.0's consumer on the same backlog -------------------------------------
+if [ -n "$BASELINE_REF" ] && [ "${SKIP_BASELINE:-0}" != 1 ]; then
+    say "0.1.0's consumer ($(git -C "$REPO" log -1 --format='%h' "$BASELINE_REF")) on the same backlog: base_db, a group of its own"
+    # only base_db is consumed while the 0.1.0 library runs (permits_db has the 0.2.0 schema)
+    sql postgres "ALTER SYSTEM SET citizen_sync.databases = 'base_db:base_sync_user'" >/dev/null
+    install_baseline
+    sql postgres 'CREATE DATABASE base_db' >/dev/null
+    psql_db base_db -c 'CREATE EXTENSION citizen_sync' \
+        -c "SELECT citizen_sync.create_service_roles('base')" >/dev/null
+    POLL_DB=base_db
+    wait_offsets "$EVENTS"
+    read -r belapsed < <(sql base_db "
+        SELECT extract(epoch FROM s.last_batch_at - (SELECT min(processed_at) FROM cache.processed_events))
+          FROM citizen_sync.consumer_stats s WHERE s.database = 'base_db'")
+    BASE_RATE=$(calc "round($EVENTS / $belapsed)")
+    info "0.1.0 consumer: $EVENTS events in $(calc "round($belapsed, 2)") s = $BASE_RATE events/s"
+    sql postgres "ALTER SYSTEM RESET citizen_sync.databases" >/dev/null
+    install_current
+fi
+
 say "summary"
 bench_result "consumer worker: backlog, events/s ($EVENTS events, batch_size $BATCH_SIZE)" "$CONSUMER_RATE" \
     "apply_events() on the same events, events/s" "${APPLY_RATE:-}" "(issue 11: >= 1.25x the set-based SQL limit)"
 [ -z "${KCAT_RATE:-}" ] || bench_result "consumer worker: backlog, events/s" "$CONSUMER_RATE" "kcat -C raw consume, msg/s" "$KCAT_RATE"
+[ -z "${BASE_RATE:-}" ] || bench_result "consumer worker (generic path): backlog, events/s" "$CONSUMER_RATE" \
+    "0.1.0's consumer on the same backlog, events/s" "$BASE_RATE" "(issue 10: >= 1)"
 info "consumer worker:  ${CONSUMER_RATE} events/s ($EVENTS events, batch_size $BATCH_SIZE)"
 [ -z "${KCAT_RATE:-}" ] || info "kcat -C raw:      ${KCAT_RATE} msg/s"
+[ -z "${BASE_RATE:-}" ] || info "0.1.0 consumer:   ${BASE_RATE} events/s on the same backlog"
 [ -z "${APPLY_RATE:-}" ] || info "apply_events():   ${APPLY_RATE} events/s (same events, batches of $BATCH_SIZE)"
 [ -z "${LAT_LINE:-}" ] || info "latency at $LAT_RATE/s: $LAT_LINE"
 rss_report

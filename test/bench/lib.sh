@@ -111,6 +111,39 @@ pg_start() {
     PG_STARTED=1
 }
 
+pg_stop() {
+    runuser -u "$PGUSER_OS" -- "$PGBIN/pg_ctl" -D "$BENCH_TMP/data" -m fast -w stop >/dev/null
+    PG_STARTED=
+}
+
+# install_tree DIR: build and install the library and scripts of DIR.
+install_tree() {
+    make -s -C "$1" PG_CONFIG="$PG_CONFIG" >/dev/null 2>"$BENCH_TMP/make.err" &&
+        make -s -C "$1" PG_CONFIG="$PG_CONFIG" install >/dev/null 2>>"$BENCH_TMP/make.err" ||
+        { cat "$BENCH_TMP/make.err" >&2; die "building $1 failed"; }
+}
+
+# The release the benchmarks compare with: the last commit of 0.1.0 (empty
+# BASELINE_REF skips those comparisons).
+BASELINE_REF=${BASELINE_REF-$(git -C "$REPO" log --format=%H --grep='^0.2.0 begins' 2>/dev/null | tail -1)}
+[ -z "$BASELINE_REF" ] || BASELINE_REF="$BASELINE_REF^"
+
+# install_baseline: the library and scripts of BASELINE_REF, instance restarted.
+install_baseline() {
+    mkdir -p "$BENCH_TMP/base"
+    [ -f "$BENCH_TMP/base/Makefile" ] || git -C "$REPO" archive "$BASELINE_REF" | tar -x -C "$BENCH_TMP/base"
+    pg_stop
+    install_tree "$BENCH_TMP/base"
+    pg_start
+}
+
+# install_current: back to this tree's library, instance restarted.
+install_current() {
+    pg_stop
+    install_tree "$REPO"
+    pg_start
+}
+
 # psql_db DB [psql args...]: unaligned, tuples only, stop on error.
 psql_db() {
     local db=$1; shift

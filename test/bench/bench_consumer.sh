@@ -45,6 +45,12 @@
 #    send time: the moment the row is visible to readers, measured exactly,
 #    with one clock (same machine).  Prints p50/p95/p99/max.
 #
+# 4. 0.1.0's consumer on the same backlog (unless SKIP_BASELINE=1 or
+#    BASELINE_REF is empty): the library of BASELINE_REF (lib.sh) is installed,
+#    the instance restarted with only base_db consumed (a group of its own),
+#    the backlog drained and timed as in 1; then this tree's library again.
+#    Prints the generic path's rate against it (issue 10: at least as fast).
+#
 # Environment: EVENTS (1000000), CITIZENS (100000), DUP (0.10), STALE (0.10),
 # PARTITIONS (128), BATCH_SIZE (5000), BATCH_WAIT (citizen_sync.batch_wait,
 # default the GUC's), POLL (0.5), TIMEOUT (900 s), LAT_RATE (1000),

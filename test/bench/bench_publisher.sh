@@ -313,7 +313,12 @@ SQL
             [ $(($(date +%s) - start)) -lt 60 ] || die "no restarted consumer after 60 s"
             sleep "$POLL"
         done
-        sleep 10    # group join and first fetches, not measured
+        # not measured: until the restarted consumer holds its partitions again
+        start=$(date +%s)
+        until [ "$(sql permits_db "SELECT count(*) > 0 FROM citizen_sync.consumer_lag WHERE database = 'permits_db'" 2>/dev/null)" = t ]; do
+            [ $(($(date +%s) - start)) -lt 60 ] || die "the restarted consumer holds no partition after 60 s"
+            sleep "$POLL"
+        done
         IDLE_LONG=$(idle_cpu "$npid")
         info "restarted consumer pid $npid, fetch.wait.max.ms=500: $IDLE_LONG% of a core"
         LAT_LINES+=("idle consumer with fetch.wait.max.ms=500: $IDLE_LONG% of a core")

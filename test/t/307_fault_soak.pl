@@ -411,6 +411,8 @@ while (time < $end)
 		}
 		$next = time + 1 + rand(4);    # the fault schedule's pace, not a wait for a condition
 	}
+	# the scheduler's tick: faults land on a timetable (the soak's design), no
+	# condition is awaited here; every wait for a state uses poll_until
 	usleep(100_000);
 }
 
